@@ -16,6 +16,8 @@ QUIET_PIP := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2
 # Every ROS process we start stays on this machine (see README, "Networking").
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export RMW_IMPLEMENTATION ?= rmw_fastrtps_cpp
+# Large camera frames need bigger shared-memory segments (see config/fastdds_local.xml).
+export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_local.xml
 export PYTHONDONTWRITEBYTECODE = 1
 
 INTERFACES := $(wildcard msg/*.msg srv/*.srv)

@@ -10,7 +10,6 @@ NODES: dict[str, str] = {
     "magma_policy_node": "magma_ros.ros.policy_node:main",
     "servo_bridge_node": "magma_ros.ros.servo_bridge_node:main",
     "sim_arm_node": "magma_ros.ros.sim_arm_node:main",
-    "trace_visualizer_node": "magma_ros.ros.trace_visualizer_node:main",
     "synthetic_camera_node": "magma_ros.ros.synthetic_camera_node:main",
 }
 

@@ -1,0 +1,109 @@
+"""The backend seam: what the policy node needs from a model, whatever runs it.
+
+A backend turns one RGB frame and an instruction into a :class:`PolicyOutput`.
+PyTorch, ONNX Runtime and TensorRT backends implement the same interface; the ROS
+node only ever sees this module's types. ROS-free.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ACTION_DIMS = 7
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be created or used (missing library, GPU, checkpoint...)."""
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    """Wall-clock milliseconds per inference stage."""
+
+    preprocess_ms: float = 0.0
+    vision_ms: float = 0.0
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+
+    @property
+    def model_ms(self) -> float:
+        return self.preprocess_ms + self.vision_ms + self.prefill_ms + self.decode_ms
+
+
+@dataclass(frozen=True)
+class MarkPoint:
+    """A Set-of-Mark label: id, pixel position and its 256-grid position."""
+
+    id: int
+    u: float
+    v: float
+    grid_x: int
+    grid_y: int
+
+
+@dataclass(frozen=True)
+class TracePoints:
+    """One Trace-of-Mark trace in pixels and on the 256 grid (same length)."""
+
+    mark_id: int
+    pixels: np.ndarray      # (N, 2) float32 (u, v)
+    grid: np.ndarray        # (N, 2) int (x, y) as the model wrote them
+
+
+@dataclass(frozen=True)
+class PolicyOutput:
+    """Everything a backend inferred from one frame.
+
+    ``valid`` is False when no usable action came out (``error`` says why); then
+    ``action`` must not be commanded. ``action`` holds metres / radians for dims
+    0..5 and the gripper command 0 (closed) .. 1 (open) in dim 6.
+    """
+
+    valid: bool
+    error: str = ""
+    raw_text: str = ""
+    token_ids: tuple[int, ...] = ()
+    normalized: np.ndarray = field(default_factory=lambda: np.zeros(ACTION_DIMS, np.float32))
+    action: np.ndarray = field(default_factory=lambda: np.zeros(ACTION_DIMS, np.float32))
+    statistics: str = ""
+    timings: StageTimings = StageTimings()
+    marks: tuple[MarkPoint, ...] = ()
+    traces: tuple[TracePoints, ...] = ()
+
+    @classmethod
+    def failure(cls, error: str, timings: StageTimings = StageTimings(), raw_text: str = "") -> PolicyOutput:
+        return cls(valid=False, error=error, timings=timings, raw_text=raw_text)
+
+
+class PolicyBackend(abc.ABC):
+    """Runs a Magma policy. Implementations must be safe to call from one worker thread."""
+
+    #: checkpoint name or path, reported in every Prediction
+    model_id: str = ""
+
+    @abc.abstractmethod
+    def act(self, rgb: np.ndarray, instruction: str) -> PolicyOutput:
+        """Infer one 7-DoF action from an (H, W, 3) uint8 RGB frame."""
+
+    def trace(self, rgb: np.ndarray, instruction: str, n_steps: int) -> PolicyOutput:
+        """Run a Trace-of-Mark query; backends without one report that."""
+        return PolicyOutput.failure(f"backend {type(self).__name__} has no Trace-of-Mark query")
+
+    def close(self) -> None:
+        """Release the model (GPU memory, sessions). Idempotent."""
+
+
+class NullBackend(PolicyBackend):
+    """No model: every frame yields an invalid action saying so (backend 'none').
+
+    For bringing up cameras and the graph before a checkpoint is available; the
+    node publishes Predictions (with the source header) but never an action.
+    """
+
+    model_id = "none"
+
+    def act(self, rgb: np.ndarray, instruction: str) -> PolicyOutput:
+        return PolicyOutput.failure("no model loaded (backend 'none')")

@@ -1,0 +1,120 @@
+"""Bringup descriptions: which nodes to start, with which parameter files.
+
+One YAML description per scenario lives in ``config/bringup/``. Both the launch
+files (``launch/*.launch.py``, for real ROS installs) and ``magma-ros up`` (one
+process, no ``launch`` needed) read it, so the two cannot drift. ROS-free.
+
+Format::
+
+    description: what this brings up
+    nodes:
+      - executable: magma_policy_node        # from magma_ros/executables.py
+        name: magma_policy_node              # optional node name (default: the executable's)
+        parameters: [config/policy.yaml]     # ROS parameter files, relative to the package
+        overrides: {autostart: true}         # optional parameter values on top
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from magma_ros.executables import NODES
+
+
+class BringupError(ValueError):
+    """A bringup description or one of the files it names is wrong."""
+
+
+@dataclass(frozen=True)
+class NodeLaunch:
+    executable: str
+    name: str
+    parameter_files: tuple[Path, ...]
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def ros_args(self) -> list[str]:
+        """Command-line ROS arguments giving this node its name and parameters."""
+        args = ["--ros-args", "-r", f"__node:={self.name}"]
+        for path in self.parameter_files:
+            args += ["--params-file", str(path)]
+        for key, value in self.overrides.items():
+            args += ["-p", f"{key}:={json.dumps(value) if not isinstance(value, str) else value}"]
+        return args
+
+
+@dataclass(frozen=True)
+class Bringup:
+    source: Path
+    description: str
+    nodes: tuple[NodeLaunch, ...]
+
+
+def package_root() -> Path:
+    """Where config/, launch/ and urdf/ live: the source tree, else the ament share dir."""
+    source = Path(__file__).resolve().parent.parent
+    if (source / "config" / "bringup").is_dir():
+        return source
+    try:
+        from ament_index_python.packages import get_package_share_directory
+    except ImportError as err:
+        raise BringupError("magma_ros data files not found (no source tree, no ament index)") from err
+    return Path(get_package_share_directory("magma_ros"))
+
+
+def resolve(path: str | Path, root: Path | None = None) -> Path:
+    """A package-relative path (config/...) or an absolute one, checked to exist."""
+    candidate = Path(path).expanduser()
+    if not candidate.is_absolute():
+        candidate = (root or package_root()) / candidate
+    if not candidate.is_file():
+        raise BringupError(f"file not found: {candidate}")
+    return candidate
+
+
+def load_bringup(path: str | Path) -> Bringup:
+    """Read and validate a bringup description (every executable and file must exist)."""
+    source = resolve(path) if not Path(path).is_file() else Path(path).resolve()
+    try:
+        data = yaml.safe_load(source.read_text())
+    except yaml.YAMLError as err:
+        raise BringupError(f"{source}: not valid YAML: {err}") from err
+    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list) or not data["nodes"]:
+        raise BringupError(f"{source}: needs a non-empty 'nodes' list")
+    root = package_root()
+    nodes = []
+    for i, entry in enumerate(data["nodes"]):
+        where = f"{source}: nodes[{i}]"
+        if not isinstance(entry, dict) or "executable" not in entry:
+            raise BringupError(f"{where}: needs an 'executable'")
+        unknown = set(entry) - {"executable", "name", "parameters", "overrides"}
+        if unknown:
+            raise BringupError(f"{where}: unknown key(s) {sorted(unknown)}")
+        executable = entry["executable"]
+        if executable not in NODES:
+            raise BringupError(f"{where}: unknown executable {executable!r}; known: {sorted(NODES)}")
+        files = tuple(resolve(p, root) for p in entry.get("parameters", []) or [])
+        overrides = entry.get("overrides", {}) or {}
+        if not isinstance(overrides, dict):
+            raise BringupError(f"{where}: 'overrides' must be a mapping")
+        nodes.append(NodeLaunch(executable, str(entry.get("name", executable)), files, dict(overrides)))
+    return Bringup(source, str(data.get("description", "")), tuple(nodes))
+
+
+def parameter_file_values(path: Path, node_name: str) -> dict[str, Any]:
+    """The parameters a ROS parameter file gives ``node_name`` (``/**`` and exact-name sections)."""
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise BringupError(f"{path}: a parameter file must be a mapping of node names")
+    values: dict[str, Any] = {}
+    for key, section in data.items():
+        names = {key, key.lstrip("/")}
+        if key in ("/**", "**") or node_name in names:
+            if not isinstance(section, dict) or "ros__parameters" not in section:
+                raise BringupError(f"{path}: section {key!r} needs 'ros__parameters'")
+            values.update(section["ros__parameters"] or {})
+    return values

@@ -1,0 +1,36 @@
+"""The `magma-ros` command line: one module per subcommand.
+
+Each module listed in SUBCOMMANDS exposes ``register(subparsers)``, which adds its
+parser and sets ``func`` (called with the parsed namespace, returns an exit code).
+Modules are imported lazily so `magma-ros --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand module (magma_ros.cli.<name>) for each subcommand, in help order
+SUBCOMMANDS: tuple[str, ...] = ("up",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="magma-ros", description="Magma VLA policy for ROS 2.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
