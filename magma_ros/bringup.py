@@ -17,6 +17,8 @@ Format::
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,3 +120,19 @@ def parameter_file_values(path: Path, node_name: str) -> dict[str, Any]:
                 raise BringupError(f"{path}: section {key!r} needs 'ros__parameters'")
             values.update(section["ros__parameters"] or {})
     return values
+
+
+def apply_local_dds_profile(env: MutableMapping[str, str] = os.environ) -> None:
+    """Point Fast DDS at config/fastdds_local.xml unless a profile is already configured.
+
+    Large camera frames need bigger shared-memory segments than Fast DDS's default
+    (see that file). Must run before rclpy.init() to take effect.
+    """
+    if env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp") != "rmw_fastrtps_cpp":
+        return
+    if env.get("FASTDDS_DEFAULT_PROFILES_FILE") or env.get("FASTRTPS_DEFAULT_PROFILES_FILE"):
+        return
+    try:
+        env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(resolve("config/fastdds_local.xml"))
+    except BringupError:
+        pass

@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from magma_ros.bringup import apply_local_dds_profile
+
+    apply_local_dds_profile()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

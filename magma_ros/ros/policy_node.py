@@ -47,10 +47,10 @@ class PolicyNode(LifecycleNode):
         self._active = False
         self._last_traces: PolicyOutput | None = None
         self._last_trace_time = -math.inf
-        self._subscriptions: list[Any] = []
-        self._services: list[Any] = []
-        self._timers: list[Any] = []
-        self._publishers_owned: list[Any] = []
+        self._own_subscriptions: list[Any] = []
+        self._own_services: list[Any] = []
+        self._own_timers: list[Any] = []
+        self._own_publishers: list[Any] = []
         self.counters = {"received": 0, "processed": 0, "dropped_newer_frame": 0, "stale": 0,
                          "rejected": 0, "inactive": 0, "invalid_action": 0, "commanded": 0}
         self._processed = RollingWindow()
@@ -76,19 +76,19 @@ class PolicyNode(LifecycleNode):
             message_type(contract.EE_DELTA), p.ee_delta_topic, qos(contract.EE_DELTA))
         self._diagnostics_pub = self.create_publisher(
             DiagnosticArray, contract.DIAGNOSTICS.name, qos(contract.DIAGNOSTICS))
-        self._publishers_owned = [self._prediction_pub, self._delta_pub, self._diagnostics_pub]
+        self._own_publishers = [self._prediction_pub, self._delta_pub, self._diagnostics_pub]
         if p.image_topic:
-            self._subscriptions.append(self.create_subscription(
+            self._own_subscriptions.append(self.create_subscription(
                 message_type(contract.CAMERA_IMAGE), p.image_topic, self._on_frame, qos(contract.CAMERA_IMAGE)))
         if p.compressed_image_topic:
-            self._subscriptions.append(self.create_subscription(
+            self._own_subscriptions.append(self.create_subscription(
                 message_type(contract.CAMERA_IMAGE_COMPRESSED), p.compressed_image_topic, self._on_frame,
                 qos(contract.CAMERA_IMAGE_COMPRESSED)))
-        self._subscriptions.append(self.create_subscription(
+        self._own_subscriptions.append(self.create_subscription(
             String, p.instruction_topic, self._on_instruction_topic, qos(contract.INSTRUCTION)))
-        self._services.append(self.create_service(
+        self._own_services.append(self.create_service(
             SetInstruction, contract.SET_INSTRUCTION_SERVICE, self._on_set_instruction))
-        self._timers.append(self.create_timer(p.diagnostics_period_s, self._publish_diagnostics))
+        self._own_timers.append(self.create_timer(p.diagnostics_period_s, self._publish_diagnostics))
         self._stop.clear()
         self._worker = threading.Thread(target=self._run_worker, name="magma-inference", daemon=True)
         self._worker.start()
@@ -123,15 +123,15 @@ class PolicyNode(LifecycleNode):
             self._worker.join(timeout=5.0)
             self._worker = None
         self._slot = LatestSlot()
-        for sub in self._subscriptions:
+        for sub in self._own_subscriptions:
             self.destroy_subscription(sub)
-        for srv in self._services:
+        for srv in self._own_services:
             self.destroy_service(srv)
-        for timer in self._timers:
+        for timer in self._own_timers:
             self.destroy_timer(timer)
-        for pub in self._publishers_owned:
+        for pub in self._own_publishers:
             self.destroy_lifecycle_publisher(pub) if hasattr(pub, "on_activate") else self.destroy_publisher(pub)
-        self._subscriptions, self._services, self._timers, self._publishers_owned = [], [], [], []
+        self._own_subscriptions, self._own_services, self._own_timers, self._own_publishers = [], [], [], []
         if self._backend is not None:
             self._backend.close()
             self._backend = None
@@ -162,7 +162,7 @@ class PolicyNode(LifecycleNode):
         try:
             self._set_instruction(msg.data)
         except ValueError as err:
-            self.get_logger().warn(f"ignored instruction on topic: {err}")
+            self.get_logger().warning(f"ignored instruction on topic: {err}")
 
     def _on_set_instruction(self, request: SetInstruction.Request,
                             response: SetInstruction.Response) -> SetInstruction.Response:
@@ -209,14 +209,14 @@ class PolicyNode(LifecycleNode):
             return
         if self._age_s(msg.header) > p.max_observation_age_s:
             self.counters["stale"] += 1
-            self.get_logger().warn(f"frame older than {p.max_observation_age_s} s dropped",
+            self.get_logger().warning(f"frame older than {p.max_observation_age_s} s dropped",
                                    throttle_duration_sec=WARN_PERIOD_S)
             return
         try:
             rgb = message_to_rgb8(msg)
         except ImageConversionError as err:
             self.counters["rejected"] += 1
-            self.get_logger().warn(f"malformed camera frame dropped: {err}", throttle_duration_sec=WARN_PERIOD_S)
+            self.get_logger().warning(f"malformed camera frame dropped: {err}", throttle_duration_sec=WARN_PERIOD_S)
             return
         backend = self._backend
         if backend is None:
@@ -235,7 +235,7 @@ class PolicyNode(LifecycleNode):
             if result.traces or result.marks:
                 self._last_traces = result
             elif result.error:
-                self.get_logger().warn(f"trace query: {result.error}", throttle_duration_sec=WARN_PERIOD_S)
+                self.get_logger().warning(f"trace query: {result.error}", throttle_duration_sec=WARN_PERIOD_S)
         return self._last_traces
 
     def _publish(self, msg: Any, output: PolicyOutput, traces: PolicyOutput | None, instruction: str,
