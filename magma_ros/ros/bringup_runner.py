@@ -37,6 +37,7 @@ def run_bringup(bringup: Bringup, duration_s: float = 0.0, threads: int = 4) -> 
             executor.spin_until_future_complete(Future(), timeout_sec=duration_s)
         else:
             executor.spin()
+        executor.shutdown(timeout_sec=2.0)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
