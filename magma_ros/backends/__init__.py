@@ -3,23 +3,19 @@
 from magma_ros.backends.base import (
     ACTION_DIMS,
     BackendError,
-    MarkPoint,
     NullBackend,
     PolicyBackend,
     PolicyOutput,
     StageTimings,
-    TracePoints,
 )
 from magma_ros.backends.factory import create_backend
 
 __all__ = [
     "ACTION_DIMS",
     "BackendError",
-    "MarkPoint",
     "NullBackend",
     "PolicyBackend",
     "PolicyOutput",
     "StageTimings",
-    "TracePoints",
     "create_backend",
 ]

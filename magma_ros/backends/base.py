@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from magma_ros.codecs import Mark, TracePoints
+
 ACTION_DIMS = 7
 
 
@@ -34,26 +36,6 @@ class StageTimings:
 
 
 @dataclass(frozen=True)
-class MarkPoint:
-    """A Set-of-Mark label: id, pixel position and its 256-grid position."""
-
-    id: int
-    u: float
-    v: float
-    grid_x: int
-    grid_y: int
-
-
-@dataclass(frozen=True)
-class TracePoints:
-    """One Trace-of-Mark trace in pixels and on the 256 grid (same length)."""
-
-    mark_id: int
-    pixels: np.ndarray      # (N, 2) float32 (u, v)
-    grid: np.ndarray        # (N, 2) int (x, y) as the model wrote them
-
-
-@dataclass(frozen=True)
 class PolicyOutput:
     """Everything a backend inferred from one frame.
 
@@ -70,8 +52,8 @@ class PolicyOutput:
     action: np.ndarray = field(default_factory=lambda: np.zeros(ACTION_DIMS, np.float32))
     statistics: str = ""
     timings: StageTimings = StageTimings()
-    marks: tuple[MarkPoint, ...] = ()
-    traces: tuple[TracePoints, ...] = ()
+    marks: tuple[Mark, ...] = ()
+    traces: tuple[tuple[int, TracePoints], ...] = ()   # (mark id, trace), by mark id
 
     @classmethod
     def failure(cls, error: str, timings: StageTimings = StageTimings(), raw_text: str = "") -> PolicyOutput:
@@ -92,7 +74,7 @@ class PolicyBackend(abc.ABC):
         """Run a Trace-of-Mark query; backends without one report that."""
         return PolicyOutput.failure(f"backend {type(self).__name__} has no Trace-of-Mark query")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (optional hook: most backends hold nothing to release)
         """Release the model (GPU memory, sessions). Idempotent."""
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from geometry_msgs.msg import Point
-from std_msgs.msg import Header
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker, MarkerArray
 
 from magma_ros.backends import PolicyOutput
+from magma_ros.codecs import TracePoints, trace_color
 from magma_ros.msg import EndEffectorDelta, Mark, Prediction, Trace
 
 
@@ -36,7 +39,7 @@ def prediction_message(header: Header, output: PolicyOutput, instruction: str, m
     source = traces if traces is not None else output
     msg.marks = [Mark(id=m.id, u=float(m.u), v=float(m.v), grid_x=int(m.grid_x), grid_y=int(m.grid_y))
                  for m in source.marks]
-    msg.traces = [trace_message(t.mark_id, t.pixels, t.grid) for t in source.traces]
+    msg.traces = [trace_message(mark_id, np.asarray(t.pixels), np.asarray(t.grid)) for mark_id, t in source.traces]
     return msg
 
 
@@ -67,3 +70,36 @@ def ee_delta_message(header: Header, action: np.ndarray, gripper: float, step_pe
     msg.gripper = float(gripper)
     msg.step_period = float(step_period_s)
     return msg
+
+
+TRACE_NAMESPACE = "magma_traces"
+TRACE_LINE_WIDTH_M = 0.008
+
+
+def trace_markers(header: Header, traces: Sequence[tuple[int, TracePoints]],
+                  points_3d: dict[int, np.ndarray]) -> MarkerArray:
+    """A MarkerArray replacing all previous trace markers: DELETEALL, then one LINE_STRIP per trace.
+
+    Markers are in the camera frame of ``header``; per-point colours fade from pale
+    (now) to the mark's colour (the last future step).
+    """
+    array = MarkerArray()
+    clear = Marker(header=header, ns=TRACE_NAMESPACE, action=Marker.DELETEALL)
+    array.markers.append(clear)
+    for mark_id, _trace in traces:
+        points = points_3d.get(mark_id)
+        if points is None or len(points) < 2:
+            continue
+        r, g, b = (c / 255.0 for c in trace_color(mark_id))
+        marker = Marker(header=header, ns=TRACE_NAMESPACE, id=int(mark_id), type=Marker.LINE_STRIP,
+                        action=Marker.ADD)
+        marker.pose.orientation.w = 1.0
+        marker.scale.x = TRACE_LINE_WIDTH_M
+        marker.color = ColorRGBA(r=r, g=g, b=b, a=1.0)
+        n = len(points)
+        for i, (x, y, z) in enumerate(np.asarray(points, dtype=float)):
+            marker.points.append(Point(x=x, y=y, z=z))
+            fade = 0.35 + 0.65 * i / max(1, n - 1)
+            marker.colors.append(ColorRGBA(r=1 - fade * (1 - r), g=1 - fade * (1 - g), b=1 - fade * (1 - b), a=1.0))
+        array.markers.append(marker)
+    return array

@@ -1,12 +1,15 @@
 """magma_policy_node: camera frames in, Magma predictions and end-effector steps out.
 
-A lifecycle node: it comes up unconfigured (or configures and activates itself
-with ``autostart``), loads the model on configure, and publishes actions only
-while active. The executor thread only stores the newest frame; conversion and
-inference run on one worker thread, always on the newest frame, so a slow model
-drops frames (counted) instead of queueing them. Frames older than
-``max_observation_age_s`` are never acted on. Malformed frames are logged
-(rate-limited), counted and dropped.
+A lifecycle node: it comes up unconfigured (or configures and activates itself with
+``autostart``), loads the model on configure, and publishes only while active.
+
+Threads: the executor thread only stores the newest frame (and the latest CameraInfo /
+depth); an action thread converts the newest frame and runs the 7-DoF action query;
+when ``trace_period_s`` > 0 a trace thread runs the slower Trace-of-Mark query on the
+newest converted frame every period, so traces never hold up actions. A slow model
+drops frames (counted), it never queues them. Frames older than
+``max_observation_age_s`` are never acted on, neither before nor after inference.
+Malformed frames are logged (rate-limited), counted and dropped.
 """
 
 from __future__ import annotations
@@ -14,45 +17,62 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.time import Time
-from std_msgs.msg import String
+from sensor_msgs.msg import CameraInfo
+from std_msgs.msg import Header, String
 
 from magma_ros import contract
 from magma_ros.backends import BackendError, PolicyBackend, PolicyOutput, create_backend
+from magma_ros.codecs import GripperHysteresis
 from magma_ros.contract import PolicyNodeParameters
-from magma_ros.image_codec import ImageConversionError, message_to_rgb8
+from magma_ros.image_codec import ImageConversionError, depth_to_meters, message_to_rgb8, numpy_to_image
 from magma_ros.pipeline import LatestSlot, RollingWindow
-from magma_ros.ros.messages import ee_delta_message, prediction_message
+from magma_ros.ros.messages import ee_delta_message, prediction_message, trace_markers
 from magma_ros.ros.runtime import declare_parameters, message_type, qos, run_node
 from magma_ros.srv import SetInstruction
+from magma_ros.visualization import annotate_frame, backproject, default_intrinsics
 
 WARN_PERIOD_S = 5.0
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A converted frame the trace thread may reuse."""
+
+    header: Header
+    rgb: np.ndarray
+    stamp_ns: int
 
 
 class PolicyNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(PolicyNodeParameters.NODE_NAME, **kwargs)
         self.params = declare_parameters(self, PolicyNodeParameters)
-        self._instruction = self.params.instruction
         self._lock = threading.Lock()
+        self._instruction = self.params.instruction
         self._slot: LatestSlot[Any] = LatestSlot()
         self._backend: PolicyBackend | None = None
-        self._worker: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
         self._active = False
-        self._last_traces: PolicyOutput | None = None
-        self._last_trace_time = -math.inf
+        self._observation: Observation | None = None
+        self._traces: PolicyOutput | None = None
+        self._camera_info: CameraInfo | None = None
+        self._depth_msg: Any = None
+        self._gripper = GripperHysteresis(self.params.gripper_open_threshold, self.params.gripper_close_threshold)
         self._own_subscriptions: list[Any] = []
         self._own_services: list[Any] = []
         self._own_timers: list[Any] = []
         self._own_publishers: list[Any] = []
-        self.counters = {"received": 0, "processed": 0, "dropped_newer_frame": 0, "stale": 0,
-                         "rejected": 0, "inactive": 0, "invalid_action": 0, "commanded": 0}
+        self.counters = {"received": 0, "processed": 0, "dropped_newer_frame": 0, "stale": 0, "rejected": 0,
+                         "inactive": 0, "invalid_action": 0, "commanded": 0, "trace_queries": 0}
         self._processed = RollingWindow()
         self._latency_ms = RollingWindow()
         self._model_ms = RollingWindow()
@@ -70,36 +90,49 @@ class PolicyNode(LifecycleNode):
         except BackendError as err:
             self.get_logger().error(f"cannot load the model: {err}")
             return TransitionCallbackReturn.FAILURE
-        self._prediction_pub = self.create_lifecycle_publisher(
-            message_type(contract.PREDICTION), p.prediction_topic, qos(contract.PREDICTION))
-        self._delta_pub = self.create_lifecycle_publisher(
-            message_type(contract.EE_DELTA), p.ee_delta_topic, qos(contract.EE_DELTA))
-        self._diagnostics_pub = self.create_publisher(
-            DiagnosticArray, contract.DIAGNOSTICS.name, qos(contract.DIAGNOSTICS))
-        self._own_publishers = [self._prediction_pub, self._delta_pub, self._diagnostics_pub]
-        if p.image_topic:
-            self._own_subscriptions.append(self.create_subscription(
-                message_type(contract.CAMERA_IMAGE), p.image_topic, self._on_frame, qos(contract.CAMERA_IMAGE)))
-        if p.compressed_image_topic:
-            self._own_subscriptions.append(self.create_subscription(
-                message_type(contract.CAMERA_IMAGE_COMPRESSED), p.compressed_image_topic, self._on_frame,
-                qos(contract.CAMERA_IMAGE_COMPRESSED)))
-        self._own_subscriptions.append(self.create_subscription(
-            String, p.instruction_topic, self._on_instruction_topic, qos(contract.INSTRUCTION)))
+
+        def lifecycle_pub(topic: contract.Topic, name: str) -> Any:
+            pub = self.create_lifecycle_publisher(message_type(topic), name, qos(topic))
+            self._own_publishers.append(pub)
+            return pub
+
+        self._prediction_pub = lifecycle_pub(contract.PREDICTION, p.prediction_topic)
+        self._delta_pub = lifecycle_pub(contract.EE_DELTA, p.ee_delta_topic)
+        self._annotated_pub = lifecycle_pub(contract.ANNOTATED_IMAGE, p.annotated_image_topic)
+        self._markers_pub = lifecycle_pub(contract.TRACE_MARKERS, p.trace_markers_topic)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, contract.DIAGNOSTICS.name,
+                                                      qos(contract.DIAGNOSTICS))
+        self._own_publishers.append(self._diagnostics_pub)
+
+        def subscribe(topic: contract.Topic, name: str, callback: Callable[[Any], None]) -> None:
+            if name:
+                self._own_subscriptions.append(
+                    self.create_subscription(message_type(topic), name, callback, qos(topic)))
+
+        subscribe(contract.CAMERA_IMAGE, p.image_topic, self._on_frame)
+        subscribe(contract.CAMERA_IMAGE_COMPRESSED, p.compressed_image_topic, self._on_frame)
+        subscribe(contract.CAMERA_INFO, p.camera_info_topic, self._on_camera_info)
+        subscribe(contract.CAMERA_DEPTH, p.depth_topic, self._on_depth)
+        subscribe(contract.INSTRUCTION, p.instruction_topic, self._on_instruction_topic)
         self._own_services.append(self.create_service(
             SetInstruction, contract.SET_INSTRUCTION_SERVICE, self._on_set_instruction))
         self._own_timers.append(self.create_timer(p.diagnostics_period_s, self._publish_diagnostics))
+
         self._stop.clear()
-        self._worker = threading.Thread(target=self._run_worker, name="magma-inference", daemon=True)
-        self._worker.start()
+        self._threads = [threading.Thread(target=self._run_actions, name="magma-actions", daemon=True)]
+        if p.trace_period_s > 0:
+            self._threads.append(threading.Thread(target=self._run_traces, name="magma-traces", daemon=True))
+        for thread in self._threads:
+            thread.start()
         self.get_logger().info(f"configured: model {self._backend.model_id!r} ({p.backend}), "
                                f"camera {p.image_topic or p.compressed_image_topic}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._slot.clear()
+        self._gripper.reset()
         self._active = True
-        self.get_logger().info(f"active: following {self._instruction!r}")
+        self.get_logger().info(f"active: following {self.instruction!r}")
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -119,9 +152,9 @@ class PolicyNode(LifecycleNode):
         self._active = False
         self._stop.set()
         self._slot.close()
-        if self._worker is not None:
-            self._worker.join(timeout=5.0)
-            self._worker = None
+        for thread in self._threads:
+            thread.join(timeout=10.0)
+        self._threads = []
         self._slot = LatestSlot()
         for sub in self._own_subscriptions:
             self.destroy_subscription(sub)
@@ -130,7 +163,10 @@ class PolicyNode(LifecycleNode):
         for timer in self._own_timers:
             self.destroy_timer(timer)
         for pub in self._own_publishers:
-            self.destroy_lifecycle_publisher(pub) if hasattr(pub, "on_activate") else self.destroy_publisher(pub)
+            if hasattr(pub, "on_activate"):
+                self.destroy_lifecycle_publisher(pub)
+            else:
+                self.destroy_publisher(pub)
         self._own_subscriptions, self._own_services, self._own_timers, self._own_publishers = [], [], [], []
         if self._backend is not None:
             self._backend.close()
@@ -147,14 +183,19 @@ class PolicyNode(LifecycleNode):
             return
         self._slot.put(msg)
 
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    def _on_depth(self, msg: Any) -> None:
+        self._depth_msg = msg
+
     def _set_instruction(self, text: str) -> str:
         text = text.strip()
         if not text:
             raise ValueError("instruction must not be empty")
         with self._lock:
             previous, self._instruction = self._instruction, text
-            self._last_traces = None
-            self._last_trace_time = -math.inf
+            self._traces = None   # traces answered another instruction
         self.get_logger().info(f"instruction: {text!r}")
         return previous
 
@@ -178,8 +219,8 @@ class PolicyNode(LifecycleNode):
         with self._lock:
             return self._instruction
 
-    # -- inference (worker thread) ----------------------------------------------------
-    def _run_worker(self) -> None:
+    # -- action thread ----------------------------------------------------------------
+    def _run_actions(self) -> None:
         min_interval = 1.0 / self.params.control_rate_hz if self.params.control_rate_hz > 0 else 0.0
         last_start = -math.inf
         slot = self._slot
@@ -193,24 +234,24 @@ class PolicyNode(LifecycleNode):
             last_start = time.monotonic()
             try:
                 self._process(slotted.item, slotted.received_monotonic)
-            except Exception as err:  # the worker must survive anything one frame does
+            except Exception as err:  # the thread must survive anything one frame does
+                self.counters["rejected"] += 1
                 self.get_logger().error(f"frame dropped, unexpected error: {err!r}",
                                         throttle_duration_sec=WARN_PERIOD_S)
-                self.counters["rejected"] += 1
 
     def _age_s(self, header: Any) -> float:
         stamp = Time.from_msg(header.stamp, clock_type=self.get_clock().clock_type)
         return (self.get_clock().now() - stamp).nanoseconds * 1e-9
 
     def _process(self, msg: Any, received: float) -> None:
-        self.counters["dropped_newer_frame"] = self._slot.replaced
         p = self.params
+        self.counters["dropped_newer_frame"] = self._slot.replaced
         if not self._active:
             return
         if self._age_s(msg.header) > p.max_observation_age_s:
             self.counters["stale"] += 1
             self.get_logger().warning(f"frame older than {p.max_observation_age_s} s dropped",
-                                   throttle_duration_sec=WARN_PERIOD_S)
+                                      throttle_duration_sec=WARN_PERIOD_S)
             return
         try:
             rgb = message_to_rgb8(msg)
@@ -221,37 +262,27 @@ class PolicyNode(LifecycleNode):
         backend = self._backend
         if backend is None:
             return
+        self._observation = Observation(msg.header, rgb, Time.from_msg(msg.header.stamp).nanoseconds)
         instruction = self.instruction
         output = backend.act(rgb, instruction)
-        traces = self._maybe_trace(backend, rgb, instruction)
-        self._publish(msg, output, traces, instruction, received, backend.model_id)
+        self._publish_step(msg.header, rgb, output, instruction, received, backend.model_id)
 
-    def _maybe_trace(self, backend: PolicyBackend, rgb: np.ndarray, instruction: str) -> PolicyOutput | None:
-        period = self.params.trace_period_s
-        now = time.monotonic()
-        if period > 0 and now - self._last_trace_time >= period:
-            self._last_trace_time = now
-            result = backend.trace(rgb, instruction, self.params.trace_steps)
-            if result.traces or result.marks:
-                self._last_traces = result
-            elif result.error:
-                self.get_logger().warning(f"trace query: {result.error}", throttle_duration_sec=WARN_PERIOD_S)
-        return self._last_traces
-
-    def _publish(self, msg: Any, output: PolicyOutput, traces: PolicyOutput | None, instruction: str,
-                 received: float, model_id: str) -> None:
+    def _publish_step(self, header: Header, rgb: np.ndarray, output: PolicyOutput, instruction: str,
+                      received: float, model_id: str) -> None:
         p = self.params
-        gripper = float(output.action[6]) if output.valid else float("nan")
         if output.valid and not np.all(np.isfinite(output.action)):
             output = PolicyOutput.failure(f"non-finite action {np.asarray(output.action).tolist()}",
                                           output.timings, output.raw_text)
-        age = self._age_s(msg.header)
+        age = self._age_s(header)
         if output.valid and age > p.max_observation_age_s:
-            output = PolicyOutput.failure(f"observation was {age:.3f} s old when inference finished "
-                                          f"(max {p.max_observation_age_s} s)", output.timings, output.raw_text)
-        total_ms = (time.monotonic() - received) * 1e3
-        prediction = prediction_message(msg.header, output, instruction, model_id,
-                                        gripper if output.valid else 0.0, total_ms, traces)
+            output = PolicyOutput.failure(
+                f"observation was {age:.3f} s old when inference finished (max {p.max_observation_age_s} s)",
+                output.timings, output.raw_text)
+        gripper = self._gripper.update(float(output.action[6])) if output.valid else float(self._gripper.is_open)
+        with self._lock:
+            traces = self._traces
+        prediction = prediction_message(header, output, instruction, model_id, gripper,
+                                        (time.monotonic() - received) * 1e3, traces)
         if not self._active:
             return
         self._prediction_pub.publish(prediction)
@@ -259,14 +290,67 @@ class PolicyNode(LifecycleNode):
         self._processed.add(1.0)
         self._latency_ms.add(age * 1e3)
         self._model_ms.add(output.timings.model_ms)
-        if not output.valid:
+        if output.valid:
+            delta_header = Header(stamp=header.stamp, frame_id=p.base_frame)
+            self._delta_pub.publish(ee_delta_message(delta_header, output.action, gripper, p.step_period_s))
+            self.counters["commanded"] += 1
+        else:
             self.counters["invalid_action"] += 1
+        if self._annotated_pub.get_subscription_count() > 0:
+            marks, trace_list = (traces.marks, traces.traces) if traces is not None else ((), ())
+            image = annotate_frame(rgb, marks, trace_list, output.action if output.valid else None,
+                                   note="" if output.valid else output.error[:60])
+            self._annotated_pub.publish(numpy_to_image(image, "rgb8", header=header))
+
+    # -- trace thread -----------------------------------------------------------------
+    def _run_traces(self) -> None:
+        last_stamp = -1
+        while not self._stop.wait(self.params.trace_period_s if last_stamp >= 0 else 0.05):
+            observation, backend = self._observation, self._backend
+            if observation is None or backend is None or not self._active or observation.stamp_ns == last_stamp:
+                continue
+            if self._age_s(observation.header) > self.params.max_observation_age_s:
+                continue
+            last_stamp = observation.stamp_ns
+            try:
+                self._trace(backend, observation)
+            except Exception as err:
+                self.get_logger().error(f"trace query failed: {err!r}", throttle_duration_sec=WARN_PERIOD_S)
+
+    def _trace(self, backend: PolicyBackend, observation: Observation) -> None:
+        instruction = self.instruction
+        result = backend.trace(observation.rgb, instruction, self.params.trace_steps)
+        self.counters["trace_queries"] += 1
+        if not result.traces:
+            self.get_logger().warning(f"trace query gave no trace: {result.error[:200]}",
+                                      throttle_duration_sec=WARN_PERIOD_S)
             return
-        header = type(msg.header)()
-        header.stamp = msg.header.stamp
-        header.frame_id = p.base_frame
-        self._delta_pub.publish(ee_delta_message(header, output.action, gripper, p.step_period_s))
-        self.counters["commanded"] += 1
+        with self._lock:
+            if instruction != self._instruction:
+                return
+            self._traces = result
+        height, width = observation.rgb.shape[:2]
+        points = {mark_id: self._trace_points_3d(np.asarray(t.pixels), width, height) for mark_id, t in result.traces}
+        if self._active:
+            self._markers_pub.publish(trace_markers(observation.header, result.traces, points))
+
+    def _trace_points_3d(self, pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+        info = self._camera_info
+        if info is not None and info.width and info.height:
+            k = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+            k[0] *= width / info.width
+            k[1] *= height / info.height
+        else:
+            k = default_intrinsics(width, height)
+        depth = None
+        scale = (1.0, 1.0)
+        if self._depth_msg is not None:
+            try:
+                depth = depth_to_meters(self._depth_msg)
+                scale = (depth.shape[1] / width, depth.shape[0] / height)
+            except ImageConversionError as err:
+                self.get_logger().warning(f"depth image unusable: {err}", throttle_duration_sec=WARN_PERIOD_S)
+        return backproject(pixels, k, depth, self.params.trace_marker_depth_m, scale)
 
     # -- diagnostics -----------------------------------------------------------------
     def _publish_diagnostics(self) -> None:

@@ -27,3 +27,12 @@ def spawn(tmp_path: Path) -> Iterator:
     yield start
     for proc in processes:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained magma-tiny checkpoint directory (built once per test session)."""
+    from magma_ros.model import build_tiny_model, save_checkpoint
+
+    model, tokenizer = build_tiny_model("magma-tiny", seed=0)
+    return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("magma_tiny"))
