@@ -76,6 +76,8 @@ class PolicyNode(LifecycleNode):
         self._processed = RollingWindow()
         self._latency_ms = RollingWindow()
         self._model_ms = RollingWindow()
+        # Where the node's own time goes (ms): waiting for the action thread, converting, publishing.
+        self._stage_ms = {name: RollingWindow() for name in ("queue", "convert", "publish")}
         if self.params.autostart:
             self.trigger_configure()
             if self._backend is not None:
@@ -245,6 +247,8 @@ class PolicyNode(LifecycleNode):
 
     def _process(self, msg: Any, received: float) -> None:
         p = self.params
+        started = time.monotonic()
+        self._stage_ms["queue"].add((started - received) * 1e3)
         self.counters["dropped_newer_frame"] = self._slot.replaced
         if not self._active:
             return
@@ -259,6 +263,7 @@ class PolicyNode(LifecycleNode):
             self.counters["rejected"] += 1
             self.get_logger().warning(f"malformed camera frame dropped: {err}", throttle_duration_sec=WARN_PERIOD_S)
             return
+        self._stage_ms["convert"].add((time.monotonic() - started) * 1e3)
         backend = self._backend
         if backend is None:
             return
@@ -285,6 +290,7 @@ class PolicyNode(LifecycleNode):
                                         (time.monotonic() - received) * 1e3, traces)
         if not self._active:
             return
+        publish_start = time.monotonic()
         self._prediction_pub.publish(prediction)
         self.counters["processed"] += 1
         self._processed.add(1.0)
@@ -301,6 +307,7 @@ class PolicyNode(LifecycleNode):
             image = annotate_frame(rgb, marks, trace_list, output.action if output.valid else None,
                                    note="" if output.valid else output.error[:60])
             self._annotated_pub.publish(numpy_to_image(image, "rgb8", header=header))
+        self._stage_ms["publish"].add((time.monotonic() - publish_start) * 1e3)
 
     # -- trace thread -----------------------------------------------------------------
     def _run_traces(self) -> None:
@@ -368,6 +375,8 @@ class PolicyNode(LifecycleNode):
                   "latency_p50_ms": f"{self._latency_ms.percentile(50):.1f}",
                   "latency_p95_ms": f"{self._latency_ms.percentile(95):.1f}",
                   "model_p50_ms": f"{self._model_ms.percentile(50):.1f}",
+                  **{f"{name}_p50_ms": f"{w.percentile(50):.2f}" for name, w in self._stage_ms.items()},
+                  **{f"{name}_p95_ms": f"{w.percentile(95):.2f}" for name, w in self._stage_ms.items()},
                   "instruction": self.instruction}
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         array = DiagnosticArray()

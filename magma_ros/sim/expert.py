@@ -1,0 +1,174 @@
+"""A scripted expert that drives the arm like a teleoperator: twists and gripper widths at 10 Hz.
+
+It reads only what a teleoperator watching the scene would know (the TCP pose, the gripper
+opening and the target cube's pose) and answers with an :class:`~magma_ros.sim.episode.Action`;
+the episode runner sends it through the Servo-compatible interface. No joint-space moves,
+no teleporting, no grasp constraints.
+
+Reach: fly to the point 5 cm above the cube, hand pointing down. Pick: hover above the cube
+with the fingers turned to its faces, descend, close, and lift; if the fingers close on
+nothing or the cube slips out, open and try again.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from magma_ros.sim.episode import Action, Observation
+from magma_ros.sim.errors import TaskError
+from magma_ros.sim.tasks import Task, TaskFamily
+from magma_ros.sim.transforms import Pose, quat_conjugate, quat_from_rpy, quat_multiply, rotation_vector, yaw_of
+
+# TCP orientation with the fingers pointing straight down (x forward, z down): Rx(pi).
+TOOL_DOWN = quat_from_rpy(math.pi, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """Gains, speed limits and thresholds of the scripted expert (metres, radians, seconds)."""
+
+    position_gain: float = 4.0
+    max_speed: float = 0.25
+    rotation_gain: float = 3.0
+    max_rotation_speed: float = 0.6
+    hover_height: float = 0.10
+    grasp_depth: float = 0.0
+    lift_height: float = 0.12
+    position_tolerance: float = 0.008
+    yaw_tolerance: float = 0.05
+    close_steps: int = 5
+    open_width: float = 0.08
+    cube_size: float = 0.045
+
+    def __post_init__(self) -> None:
+        for name in (
+            "position_gain",
+            "max_speed",
+            "rotation_gain",
+            "max_rotation_speed",
+            "hover_height",
+            "lift_height",
+            "position_tolerance",
+            "yaw_tolerance",
+            "open_width",
+            "cube_size",
+        ):
+            if not getattr(self, name) > 0.0:
+                raise TaskError(f"expert: {name} must be positive, got {getattr(self, name)}")
+        if self.close_steps < 1:
+            raise TaskError(f"expert: close_steps must be at least 1, got {self.close_steps}")
+
+
+class Phase(enum.Enum):
+    APPROACH = "approach"
+    DESCEND = "descend"
+    CLOSE = "close"
+    LIFT = "lift"
+
+
+def _clip_norm(vector: NDArray[np.float64], limit: float) -> NDArray[np.float64]:
+    norm = float(np.linalg.norm(vector))
+    return vector * (limit / norm) if norm > limit else vector
+
+
+def grasp_yaw(cube_yaw: float, current_yaw: float) -> float:
+    """The TCP heading that squares the fingers with the cube's faces, closest to ``current_yaw``.
+
+    A cube looks the same every quarter turn, so candidates are ``cube_yaw + k * pi/2``.
+    """
+    quarter = math.pi / 2
+    k = round((current_yaw - cube_yaw) / quarter)
+    return cube_yaw + k * quarter
+
+
+class ScriptedExpert:
+    """A stateful policy for one task; call it with each observation, ``reset()`` between episodes."""
+
+    def __init__(self, task: Task, config: ExpertConfig | None = None) -> None:
+        self.task = task
+        self.config = config if config is not None else ExpertConfig()
+        self.reset()
+
+    def reset(self) -> None:
+        self.phase = Phase.APPROACH
+        self._phase_steps = 0
+        self._lift_from: NDArray[np.float64] | None = None
+        self._yaw: float | None = None
+        self.attempts = 1
+
+    def __call__(self, observation: Observation) -> Action:
+        if self.task.family is TaskFamily.REACH:
+            return self._reach(observation)
+        return self._pick(observation)
+
+    # ---------------------------------------------------------------- control laws
+
+    def _servo_to(self, observation: Observation, target: NDArray[np.float64], yaw: float, width: float) -> Action:
+        """Proportional twist towards ``target`` with the tool down at heading ``yaw``."""
+        cfg = self.config
+        linear = _clip_norm(cfg.position_gain * (target - observation.ee_pose.position), cfg.max_speed)
+        desired = quat_multiply(quat_from_rpy(0.0, 0.0, yaw), TOOL_DOWN)
+        error = rotation_vector(quat_multiply(desired, quat_conjugate(observation.ee_pose.orientation)))
+        angular = _clip_norm(cfg.rotation_gain * error, cfg.max_rotation_speed)
+        return Action.create(linear, angular, width)
+
+    def _reach(self, observation: Observation) -> Action:
+        cube = observation.cube_poses[self.task.color]
+        target = cube.position + np.array([0.0, 0.0, self.task.criteria.reach_height])
+        return self._servo_to(observation, target, yaw_of(observation.ee_pose.orientation), self.config.open_width)
+
+    def _pick(self, observation: Observation) -> Action:
+        cfg = self.config
+        cube: Pose = observation.cube_poses[self.task.color]
+        ee = observation.ee_pose.position
+        self._phase_steps += 1
+        if self.phase in (Phase.APPROACH, Phase.DESCEND):
+            self._yaw = grasp_yaw(yaw_of(cube.orientation), yaw_of(observation.ee_pose.orientation))
+        yaw = self._yaw if self._yaw is not None else yaw_of(observation.ee_pose.orientation)
+        yaw_error = abs(math.remainder(yaw - yaw_of(observation.ee_pose.orientation), 2 * math.pi))
+
+        if self.phase is Phase.APPROACH:
+            target = cube.position + np.array([0.0, 0.0, cfg.hover_height])
+            if np.linalg.norm(target - ee) < cfg.position_tolerance * 2 and yaw_error < cfg.yaw_tolerance:
+                self._enter(Phase.DESCEND)
+            return self._servo_to(observation, target, yaw, cfg.open_width)
+
+        if self.phase is Phase.DESCEND:
+            target = cube.position + np.array([0.0, 0.0, -cfg.grasp_depth])
+            horizontal = np.linalg.norm((target - ee)[:2])
+            if horizontal > 3 * cfg.position_tolerance + 0.01:  # the cube moved: hover again
+                self._enter(Phase.APPROACH)
+            elif np.linalg.norm(target - ee) < cfg.position_tolerance and yaw_error < cfg.yaw_tolerance:
+                self._enter(Phase.CLOSE)
+                return Action.create(np.zeros(3), np.zeros(3), 0.0)
+            return self._servo_to(observation, target, yaw, cfg.open_width)
+
+        if self.phase is Phase.CLOSE:
+            if self._phase_steps >= cfg.close_steps:
+                if observation.gripper_width < 0.5 * cfg.cube_size:  # closed on nothing
+                    return self._retry()
+                self._lift_from = ee.copy()
+                self._enter(Phase.LIFT)
+            return Action.create(np.zeros(3), np.zeros(3), 0.0)
+
+        # LIFT: carry the cube up and hold it there.
+        if observation.gripper_width < 0.5 * cfg.cube_size:  # slipped out
+            return self._retry()
+        start = self._lift_from if self._lift_from is not None else ee
+        target = start + np.array([0.0, 0.0, cfg.lift_height])
+        return self._servo_to(observation, target, yaw, 0.0)
+
+    def _enter(self, phase: Phase) -> None:
+        self.phase = phase
+        self._phase_steps = 0
+
+    def _retry(self) -> Action:
+        self.attempts += 1
+        self._enter(Phase.APPROACH)
+        up = np.array([0.0, 0.0, self.config.max_speed])
+        return Action.create(up, np.zeros(3), self.config.open_width)

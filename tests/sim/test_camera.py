@@ -1,0 +1,107 @@
+"""Rendering: image types, metric depth against ray casts, and K against the rendered pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from magma_ros.sim import CameraIntrinsics, FrameError, Workcell
+from magma_ros.sim import camera as camera_model
+from magma_ros.sim.transforms import Pose, quat_from_rpy
+
+
+def plane_depth(intrinsics: CameraIntrinsics, pose: Pose, u, v, height: float) -> np.ndarray:
+    """Optical depth at pixels (u, v) of the horizontal plane z = height (base frame), by ray casting."""
+    rays = intrinsics.back_project(u, v, np.ones_like(u, dtype=float)) @ pose.rotation().T
+    return (height - pose.position[2]) / rays[:, 2]
+
+
+def interior(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` whose four neighbours are in it too (no silhouette edges)."""
+    inner = mask.copy()
+    inner[1:, :] &= mask[:-1, :]
+    inner[:-1, :] &= mask[1:, :]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    return inner
+
+
+@pytest.mark.parametrize("name", ["third_person", "wrist"])
+def test_render_types_and_shapes(cell, name):
+    frame = cell.render(name)
+    config = cell.camera_config(name)
+    assert frame.rgb.dtype == np.uint8 and frame.rgb.shape == (config.height, config.width, 3)
+    assert frame.depth.dtype == np.float32 and frame.depth.shape == (config.height, config.width)
+    assert frame.segmentation is None
+    assert frame.frame_id == config.optical_frame and frame.stamp == cell.sim_time
+    finite = frame.depth[np.isfinite(frame.depth)]
+    assert finite.size > 0.5 * frame.depth.size
+    assert finite.min() >= config.near and finite.max() <= config.far
+    assert frame.rgb.std() > 10  # not a blank image
+
+
+def test_intrinsics_matrices(cell):
+    k = cell.camera_intrinsics("third_person")
+    assert (k.width, k.height) == (320, 240)
+    assert k.fx == pytest.approx(120 / np.tan(np.radians(25)))
+    np.testing.assert_allclose(k.k, [[k.fx, 0, 159.5], [0, k.fy, 119.5], [0, 0, 1]])
+    np.testing.assert_allclose(k.p[:, :3], k.k)
+    np.testing.assert_allclose(k.p[:, 3], 0.0)
+    point = np.array([0.1, -0.05, 0.8])
+    np.testing.assert_allclose(k.back_project(*k.project(point), 0.8), point)
+
+
+@pytest.mark.parametrize("roll", [0.0, np.pi / 2])
+def test_table_depth_matches_ray_casts(cell, roll):
+    """Rendered depth of the table top equals exact ray-plane depth: checks K, pose and depth scale.
+
+    The camera is also rolled a quarter turn so both image axes are checked (an offset along
+    an axis shows only where depth changes along it).
+    """
+    config = cell.camera_config("third_person")
+    pose = cell.frame_pose(config.optical_frame).compose(Pose([0, 0, 0], quat_from_rpy(0, 0, roll)))
+    _, depth, seg = camera_model.render(cell._client, config, pose, True)
+    v, u = np.nonzero(interior(seg == cell.segmentation_ids()["table"]))
+    assert u.size > 5000
+    error = depth[v, u] - plane_depth(CameraIntrinsics.from_config(config), pose, u, v, 0.0)
+    assert np.median(np.abs(error)) < 2e-4
+    assert np.quantile(np.abs(error), 0.99) < 2e-3  # half a pixel off would be ~4 mm here
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cube_centres_project_onto_their_pixels_at_the_right_depth(cell, seed):
+    cell.reset(seed)
+    frame = cell.render("third_person", segmentation=True)
+    optical_from_base = frame.pose.inverse()
+    half = cell.config.scene.cube_size / 2
+    for color, pose in cell.cube_poses().items():
+        u, v = frame.intrinsics.project(optical_from_base.transform_points(pose.position))
+        ui, vi = round(u), round(v)
+        assert frame.segmentation[vi, ui] == cell.segmentation_ids()[color], color
+        # The top face's centre: its pixel must read the true camera-to-face depth.
+        top = optical_from_base.transform_points(pose.position + np.array([0.0, 0.0, half]))
+        ut, vt = (round(c) for c in frame.intrinsics.project(top))
+        exact = plane_depth(frame.intrinsics, frame.pose, np.array([ut]), np.array([vt]), 2 * half)[0]
+        assert frame.depth[vt, ut] == pytest.approx(exact, abs=0.002), color
+        assert frame.depth[vt, ut] == pytest.approx(top[2], abs=0.006), color
+
+
+def test_wrist_camera_follows_the_hand(cell):
+    before = cell.render("wrist").pose
+    for _ in range(5):
+        cell.command_twist([0.0, 0.1, 0.0], [0, 0, 0], stamp=cell.sim_time, frame_id=cell.base_frame)
+        cell.step(0.1)
+    after = cell.render("wrist").pose
+    assert after.position[1] - before.position[1] == pytest.approx(0.05, abs=0.01)
+
+
+def test_unknown_camera_is_rejected(cell):
+    with pytest.raises(FrameError, match="no camera 'top'"):
+        cell.render("top")
+
+
+def test_default_workcell_has_only_the_third_person_camera():
+    with Workcell() as plain:
+        assert plain.camera_names == ("third_person",)
+        with pytest.raises(FrameError):
+            plain.render("wrist")

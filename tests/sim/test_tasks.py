@@ -1,0 +1,94 @@
+import math
+
+import numpy as np
+import pytest
+
+from magma_ros.sim import (
+    Action,
+    EpisodeConfig,
+    ScriptedExpert,
+    TaskError,
+    TaskFamily,
+    make_task,
+    run_episode,
+    task_for_seed,
+)
+from magma_ros.sim.expert import grasp_yaw
+from magma_ros.sim.tasks import SuccessTracker
+
+
+def test_instructions_and_budgets():
+    assert make_task("reach", "red").instruction == "reach the red cube"
+    assert make_task(TaskFamily.PICK, "blue").instruction == "pick up the blue cube"
+    assert [task_for_seed("pick", s).color for s in range(4)] == ["red", "green", "blue", "red"]
+    with pytest.raises(TaskError, match="unknown task family"):
+        make_task("push", "red")
+    with pytest.raises(TaskError, match="colour"):
+        make_task("reach", "purple")
+    with pytest.raises(TaskError, match="max_steps"):
+        make_task("reach", "red", max_steps=0)
+
+
+def test_reach_success_is_measured_5_cm_above_the_cube(cell):
+    tracker = SuccessTracker(make_task("reach", "green"))
+    cube = cell.cube_pose("green").position
+    assert tracker.reach_error(cell) == pytest.approx(np.linalg.norm(cell.ee_pose().position - cube - [0, 0, 0.05]))
+    assert not tracker.update(cell)
+
+
+def test_pick_needs_a_lift_not_just_a_touch(cell):
+    tracker = SuccessTracker(make_task("pick", "red"))
+    for _ in range(10):
+        assert not tracker.update(cell)
+    assert tracker.lift(cell) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_grasp_yaw_picks_the_nearest_face():
+    assert grasp_yaw(0.1, 0.0) == pytest.approx(0.1)
+    assert grasp_yaw(0.1, 1.5) == pytest.approx(0.1 + math.pi / 2)
+    assert grasp_yaw(-0.7, 3.0) == pytest.approx(-0.7 + math.pi)
+
+
+def test_idle_policy_fails_within_the_budget(cell):
+    task = make_task("reach", "red", max_steps=5)
+    result = run_episode(task, 0, lambda obs: Action.create([0, 0, 0], [0, 0, 0], 0.08), workcell=cell)
+    assert not result.success and result.steps == 5
+    assert result.trajectory.actions.shape == (5, 7) and result.trajectory.joint_positions.shape == (5, 9)
+
+
+def test_episode_runner_renders_for_camera_policies(cell):
+    seen = []
+
+    def policy(observation):
+        seen.append(observation)
+        return Action.create([0, 0, 0], [0, 0, 0], 0.08)
+
+    run_episode(make_task("pick", "red"), 1, policy, max_steps=2, workcell=cell, config=EpisodeConfig(render=True))
+    assert set(seen[0].images) == {"third_person", "wrist"}
+    assert seen[0].instruction == "pick up the red cube"
+    assert seen[1].sim_time == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("family", ["reach", "pick"])
+def test_expert_episode_is_deterministic(family):
+    task = task_for_seed(family, 4)
+    first = run_episode(task, 4, ScriptedExpert(task))
+    second = run_episode(task, 4, ScriptedExpert(task))
+    assert first.success and second.success and first.steps == second.steps
+    np.testing.assert_array_equal(first.trajectory.joint_positions, second.trajectory.joint_positions)
+    np.testing.assert_array_equal(first.trajectory.actions, second.trajectory.actions)
+
+
+def test_expert_retries_when_the_fingers_close_on_nothing(cell):
+    from magma_ros.sim.episode import observe
+    from magma_ros.sim.expert import Phase
+
+    expert = ScriptedExpert(make_task("pick", "red"))
+    expert.phase = Phase.CLOSE
+    cell.command_gripper(0.0)
+    cell.step(1.0)  # fingers shut on air
+    action = None
+    for _ in range(expert.config.close_steps):
+        action = expert(observe(cell, 0, "pick up the red cube"))
+    assert expert.phase is Phase.APPROACH and expert.attempts == 2
+    assert action.gripper_width == expert.config.open_width and action.linear[2] > 0
