@@ -36,3 +36,35 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     model, tokenizer = build_tiny_model("magma-tiny", seed=0)
     return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("magma_tiny"))
+
+
+TRACE_FRAME_SIZE = (240, 320)   # (height, width) of the frames the trace checkpoint was fitted on
+
+
+@pytest.fixture(scope="session")
+def trace_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, list[tuple[int, int]]]]:
+    """A magma-tiny fitted (teacher-forced, 60 steps) to answer the Trace-of-Mark query with a
+    fixed two-mark answer whatever the frame; returns (checkpoint, the traces it answers)."""
+    import numpy as np
+
+    from magma_ros.backends.torch_backend import MARK_GRID
+    from magma_ros.codecs import ImageSize, build_tom_query, draw_marks, format_traces, place_marks_on_grid
+    from magma_ros.model import MagmaPolicy, PreprocessorConfig, build_tiny_model, save_checkpoint
+    from magma_ros.model.finetune import SupervisedExample, fit
+
+    model, tokenizer = build_tiny_model("magma-tiny", seed=0)
+    policy = MagmaPolicy(model, tokenizer, PreprocessorConfig(base_img_size=model.config.vision.img_size))
+    height, width = TRACE_FRAME_SIZE
+    marks = place_marks_on_grid(ImageSize(width, height), *MARK_GRID, shuffle_ids=False)
+    a, b = marks[1], marks[6]
+    current = {a.id: (a.grid_x, a.grid_y), b.id: (b.grid_x, b.grid_y)}
+    future = {a.id: [(a.grid_x + 6 * i, a.grid_y - 3 * i) for i in range(1, 9)],
+              b.id: [(b.grid_x - 4 * i, b.grid_y + 2 * i) for i in range(1, 9)]}
+    rng = np.random.default_rng(1)
+    examples = [SupervisedExample(draw_marks(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), marks),
+                                  build_tom_query(instruction, 8, mark_ids=[m.id for m in marks]),
+                                  format_traces(current, future))
+                for instruction in ("pick up the red cube", "reach the blue cube") for _ in range(2)]
+    losses = fit(policy, examples, steps=60, lr=3e-3)
+    assert losses[-1] < 0.1, losses[-10:]
+    return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("magma_tiny_traces")), future

@@ -53,7 +53,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 
 
 def test_install_space_layout(workspace: tuple[Path, dict[str, str]]) -> None:
-    ws, env = workspace
+    ws, _ = workspace
     prefix = ws / "install" / "magma_ros"
     from magma_ros.executables import ALL, NODES
 

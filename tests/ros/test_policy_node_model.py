@@ -10,6 +10,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
+from visualization_msgs.msg import Marker, MarkerArray
 
 from magma_ros import contract
 from magma_ros.image_codec import image_to_numpy, numpy_to_image
@@ -67,3 +68,44 @@ def test_camera_at_30hz_yields_traceable_outputs_and_drops_old_frames(graph: Ros
     assert wait_for(lambda: any(
         int(dict((kv.key, kv.value) for kv in d.status[0].values).get("dropped_newer_frame", 0)) > 0
         for d in diagnostics), 5)
+
+
+def test_trace_queries_publish_markers_and_traces(graph: RosGraph, trace_checkpoint) -> None:
+    checkpoint, expected = trace_checkpoint
+    node = graph.add(PolicyNode(context=graph.context, parameter_overrides=[
+        Parameter("checkpoint", value=str(checkpoint)), Parameter("autostart", value=True),
+        Parameter("control_rate_hz", value=5.0), Parameter("trace_period_s", value=0.5),
+        Parameter("trace_marker_depth_m", value=0.9), Parameter("instruction", value="pick up the red cube")]))
+    probe = graph.node("probe")
+    predictions = graph.collect(probe, Prediction, contract.PREDICTION.name)
+    markers = graph.collect(probe, MarkerArray, contract.TRACE_MARKERS.name)
+    annotated = graph.collect(probe, Image, contract.ANNOTATED_IMAGE.name, "sensor_data")
+    camera = probe.create_publisher(Image, contract.CAMERA_IMAGE.name, qos(contract.CAMERA_IMAGE))
+    assert wait_for(lambda: camera.get_subscription_count() > 0, 10)
+    rng = np.random.default_rng(5)
+    sent = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (len(markers) >= 2 and any(p.traces for p in predictions)):
+        header = Header(stamp=probe.get_clock().now().to_msg(), frame_id="camera_color_optical_frame")
+        camera.publish(numpy_to_image(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), "rgb8", header=header))
+        sent.add((header.stamp.sec, header.stamp.nanosec))
+        time.sleep(1 / 30)
+    assert len(markers) >= 2, node.counters
+
+    # Markers: every update first clears the old ones, then one LINE_STRIP per trace, in the camera frame.
+    for array in markers:
+        assert array.markers[0].action == Marker.DELETEALL
+        assert stamp(array.markers[0]) in sent
+    strips = markers[-1].markers[1:]
+    assert sorted(m.id for m in strips) == sorted(expected)
+    for strip in strips:
+        assert strip.type == Marker.LINE_STRIP and strip.header.frame_id == "camera_color_optical_frame"
+        assert len(strip.points) == len(expected[strip.id]) == len(strip.colors)
+        assert all(abs(p.z - 0.9) < 1e-6 for p in strip.points)   # no depth image: configured depth
+    # Predictions carry the parsed traces on the 256 grid, exactly as the model wrote them.
+    with_traces = [p for p in predictions if p.traces]
+    assert with_traces and {stamp(p) for p in with_traces} <= sent
+    traces = {t.mark_id: list(zip(t.grid_x, t.grid_y, strict=True)) for t in with_traces[-1].traces}
+    assert traces == {k: [tuple(p) for p in v] for k, v in expected.items()}
+    assert len(with_traces[-1].marks) == 12
+    assert annotated and {stamp(a) for a in annotated} <= sent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from sensor_msgs.msg import Image
@@ -35,7 +36,7 @@ def test_camera_process_to_policy_process(graph: RosGraph, spawn) -> None:
     camera_stamps = {stamp_key(m) for m in images}
     stamps = [stamp_key(p) for p in predictions]
     # Newest-frame-only processing: stamps strictly increase, no frame is answered twice.
-    assert all(a < b for a, b in zip(stamps, stamps[1:]))
+    assert all(a < b for a, b in itertools.pairwise(stamps))
     # Every prediction answers a frame the camera really sent. The probe's own best-effort
     # subscription may miss a few frames on a loaded machine, so most (not all) must match.
     window = stamps[start_predictions:-5]
