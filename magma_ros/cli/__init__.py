@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # subcommand module (magma_ros.cli.<name>) for each subcommand, in help order
-SUBCOMMANDS: tuple[str, ...] = ("demo", "up")
+SUBCOMMANDS: tuple[str, ...] = ("predict", "demo", "up", "replay")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,253 @@
+"""`magma-ros replay` and the bag player over real DDS: order, content, /clock, rate, errors."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from geometry_msgs.msg import PoseStamped
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+
+from magma_ros import contract
+from magma_ros.bags import BagReader, write_bag
+from magma_ros.ros.bag_player import BagPlayer, ReplayOptions, restamp_cdr
+from tests.ros.harness import VENV_BIN, RosGraph, wait_for
+from tests.test_bags import T0, UNKNOWN_TOPIC, custom_typestore, cut, image_bytes, sample_records
+
+REMAPPED_IMAGE = "/replayed/image"
+
+
+def ns(stamp: Any) -> int:
+    return stamp.sec * 10**9 + stamp.nanosec
+
+
+def timed_collect(graph: RosGraph, node: Any, msg_type: type, topic: str, qos_name: str) -> list[tuple[float, Any]]:
+    """Subscribe; returns the list (monotonic receive time, message) pairs are appended to."""
+    from magma_ros.ros.runtime import qos
+
+    received: list[tuple[float, Any]] = []
+    lock = threading.Lock()
+
+    def callback(msg: Any) -> None:
+        with lock:
+            received.append((time.monotonic(), msg))
+
+    node.create_subscription(msg_type, topic, callback, qos(qos_name))
+    return received
+
+
+def deep_collect(node: Any, msg_type: type, topic: str, reliable: bool = True) -> list[Any]:
+    """Subscribe with a deep reader queue: a Python test process on a busy 2-core machine can stall
+    for longer than the contract's 5-10 message queues last; the player must not be blamed for that."""
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    received: list[Any] = []
+    profile = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=500,
+                         reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+    node.create_subscription(msg_type, topic, received.append, profile)
+    return received
+
+
+def start_player(graph: RosGraph, bag_path: Path, node_name: str = "bag_player",
+                 **options: Any) -> tuple[BagPlayer, BagReader, list[str]]:
+    lines: list[str] = []
+    bag = BagReader(bag_path).open()
+    player = BagPlayer(bag, ReplayOptions(**options), report=lines.append, node_name=node_name,
+                       context=graph.context)
+    graph.add(player)
+    player.start()
+    return player, bag, lines
+
+
+def check_clock(clocks: list[Any], first_ns: int, last_ns: int) -> None:
+    stamps = [ns(c.clock) for c in clocks]
+    assert stamps, "no /clock received"
+    assert all(a < b for a, b in itertools.pairwise(stamps)), "/clock went backwards"
+    assert first_ns <= stamps[0] and stamps[-1] <= last_ns
+    assert stamps[-1] >= last_ns - 25_000_000, (stamps[-1], last_ns)
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_cli_replays_every_message_in_order_with_clock(graph: RosGraph, spawn, tmp_path: Path, storage: str) -> None:
+    records = sample_records(n_images=20, image_hz=20.0, joint_hz=40.0, unknown_type=True,
+                             typestore=custom_typestore())
+    bag = write_bag(tmp_path / "episode", records, storage=storage, typestore=custom_typestore())
+    probe = graph.node("probe")
+    images = deep_collect(probe, Image, contract.CAMERA_IMAGE.name, reliable=False)
+    instructions = graph.collect(probe, String, contract.INSTRUCTION.name, "latched")
+    joints = deep_collect(probe, JointState, contract.JOINT_STATES.name)
+    poses = deep_collect(probe, PoseStamped, contract.EE_POSE.name)
+    clocks = deep_collect(probe, Clock, contract.CLOCK.name)
+    replay = spawn("magma-ros", "replay", str(bag), "--rate", "2", "--wait-for-subscribers", "10",
+                   "--delay", "0.5", "--progress", "0.2")
+    assert wait_for(lambda: not replay.alive(), 60), replay.output()
+    assert replay.proc.returncode == 0, replay.output()
+    assert wait_for(lambda: len(joints) == 40 and len(poses) == 20 and len(images) == 20, 5), \
+        (len(images), len(joints), len(poses), replay.output())
+
+    expected = {topic: [stamp for t, _, stamp, _ in records if t == topic]
+                for topic in (contract.CAMERA_IMAGE.name, contract.JOINT_STATES.name, contract.EE_POSE.name)}
+    assert [ns(m.header.stamp) for m in images] == expected[contract.CAMERA_IMAGE.name]
+    assert [ns(m.header.stamp) for m in joints] == expected[contract.JOINT_STATES.name]
+    assert [ns(m.header.stamp) for m in poses] == expected[contract.EE_POSE.name]
+    assert [bytes(m.data) for m in images] == [image_bytes(i, 64, 48) for i in range(20)]
+    assert images[0].encoding == "rgb8" and images[0].header.frame_id == "camera_color_optical_frame"
+    assert [m.pose.position.x for m in poses] == [float(i) for i in range(20)]
+    assert [list(m.position) for m in joints[:2]] == [[0.0, -0.0], [0.01, -0.01]]
+    assert [m.data for m in instructions] == ["pick up the red cube"]
+    check_clock(clocks, records[0][2], records[-1][2])
+    output = replay.output()
+    assert UNKNOWN_TOPIC in output and "not importable" in output
+    assert "%" in output and "msg/s" in output and "replay: done" in output
+
+
+def test_topic_filter_and_remap_in_process(graph: RosGraph, tmp_path: Path) -> None:
+    records = sample_records(n_images=10, image_hz=20.0)
+    bag_path = write_bag(tmp_path / "episode", records, storage="sqlite3")
+    probe = graph.node("probe")
+    remapped = deep_collect(probe, Image, REMAPPED_IMAGE, reliable=False)
+    original = graph.collect(probe, Image, contract.CAMERA_IMAGE.name, "sensor_data")
+    joints = graph.collect(probe, JointState, contract.JOINT_STATES.name)
+    clocks = graph.collect(probe, Clock, contract.CLOCK.name)
+    player, bag, lines = start_player(graph, bag_path, rate=4.0, wait_for_subscribers_s=10.0,
+                                      topics=(contract.CAMERA_IMAGE.name,),
+                                      remap={contract.CAMERA_IMAGE.name: REMAPPED_IMAGE})
+    with bag:
+        assert wait_for(player.finished.is_set, 30), lines
+        assert player.failure is None
+        assert wait_for(lambda: len(remapped) == 10, 5), len(remapped)
+    assert [bytes(m.data) for m in remapped] == [image_bytes(i, 64, 48) for i in range(10)]
+    assert original == [] and joints == []
+    assert player.stats.per_topic == {REMAPPED_IMAGE: 10}
+    image_stamps = [s for t, _, s, _ in records if t == contract.CAMERA_IMAGE.name]
+    check_clock(clocks, records[0][2], image_stamps[-1])
+
+
+def playback_seconds(graph: RosGraph, bag_path: Path, rate: float, name: str) -> float:
+    probe = graph.node(f"probe_{name}")
+    received = timed_collect(graph, probe, JointState, contract.JOINT_STATES.name, "reliable")
+    player, bag, lines = start_player(graph, bag_path, rate=rate, wait_for_subscribers_s=10.0,
+                                      topics=(contract.JOINT_STATES.name,), node_name=f"player_{name}")
+    with bag:
+        assert wait_for(player.finished.is_set, 30), lines
+    assert wait_for(lambda: len(received) == 30, 5), len(received)
+    return received[-1][0] - received[0][0]
+
+
+def test_rate_two_takes_about_half_the_time(graph: RosGraph, tmp_path: Path) -> None:
+    # 30 joint states 50 ms apart: 1.45 s of recording.
+    bag_path = write_bag(tmp_path / "joints", sample_records(n_images=30, image_hz=20.0, joint_hz=20.0))
+    at_1 = playback_seconds(graph, bag_path, 1.0, "x1")
+    at_2 = playback_seconds(graph, bag_path, 2.0, "x2")
+    assert 1.3 <= at_1 <= 2.5, at_1  # loose: a shared 2-core machine
+    assert 0.35 <= at_2 / at_1 <= 0.7, (at_1, at_2)
+
+
+def test_loop_from_start_offset_restarts_messages_and_clock(graph: RosGraph, tmp_path: Path) -> None:
+    bag_path = write_bag(tmp_path / "joints", sample_records(n_images=10, image_hz=10.0, joint_hz=10.0))
+    probe = graph.node("probe")
+    joints = graph.collect(probe, JointState, contract.JOINT_STATES.name)
+    clocks = graph.collect(probe, Clock, contract.CLOCK.name)
+    player, bag, lines = start_player(graph, bag_path, rate=4.0, loop=True, start_offset_s=0.5,
+                                      wait_for_subscribers_s=10.0, topics=(contract.JOINT_STATES.name,))
+    with bag:
+        assert wait_for(lambda: len(joints) >= 12, 20), (len(joints), lines)
+        player.stop()
+    ks = [round(m.position[0] / 0.01) for m in joints[:12]]
+    assert ks == [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 5, 6]
+    stamps = [ns(c.clock) for c in clocks]
+    assert min(stamps) >= T0 + 500_000_000
+    assert any(b < a for a, b in itertools.pairwise(stamps)), "clock did not jump back on loop"
+    assert player.stats.passes >= 2
+
+
+def test_restamp_sets_header_stamps_to_now_and_keeps_content(graph: RosGraph, tmp_path: Path) -> None:
+    records = sample_records(n_images=10)
+    bag_path = write_bag(tmp_path / "episode", records)
+    probe = graph.node("probe")
+    poses = deep_collect(probe, PoseStamped, contract.EE_POSE.name)
+    instructions = graph.collect(probe, String, contract.INSTRUCTION.name, "latched")
+    before = time.time_ns()
+    player, bag, lines = start_player(graph, bag_path, rate=0.0, restamp=True, clock=False,
+                                      wait_for_subscribers_s=10.0,
+                                      topics=(contract.EE_POSE.name, contract.INSTRUCTION.name))
+    with bag:
+        assert wait_for(player.finished.is_set, 30), lines
+        assert wait_for(lambda: len(poses) == 10 and len(instructions) == 1, 5), len(poses)
+    after = time.time_ns()
+    assert all(before <= ns(m.header.stamp) <= after for m in poses)
+    assert [m.pose.position.x for m in poses] == [float(i) for i in range(10)]
+    assert poses[0].header.frame_id == "base_link"
+    assert instructions[0].data == "pick up the red cube"
+
+
+def test_restamp_cdr_patches_only_the_stamp() -> None:
+    from rclpy.serialization import deserialize_message, serialize_message
+    from std_msgs.msg import Header
+
+    raw = serialize_message(Header(frame_id="cam"))
+    msg = deserialize_message(restamp_cdr(raw, 1_234_567_890_123_456_789), Header)
+    assert (msg.stamp.sec, msg.stamp.nanosec, msg.frame_id) == (1_234_567_890, 123_456_789, "cam")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(VENV_BIN / "magma-ros"), "replay", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.fixture(scope="module")
+def bags(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bags")
+    records = sample_records(n_images=12, width=320, height=240)
+    full = {s: write_bag(root / s, records, storage=s) for s in ("mcap", "sqlite3")}
+    garbage = root / "garbage.mcap"
+    garbage.write_bytes(b"not a bag" * 100)
+    return {
+        "good": full["mcap"],
+        "missing": root / "no_such_bag",
+        "garbage": garbage,
+        "mcap_cut_in_first_chunk": cut(full["mcap"], root / "mcap_cut", keep=2000),
+        "sqlite_cut": cut(full["sqlite3"], root / "sqlite_cut", fraction=0.5),
+        "sqlite_cut_tail": cut(full["sqlite3"], root / "sqlite_cut_tail", fraction=0.999),
+        "mcap_cut_repairable": cut(full["mcap"], root / "mcap_cut_late", fraction=0.6),
+    }
+
+
+@pytest.mark.parametrize("name, message", [("missing", "bag not found"), ("garbage", "cannot read bag"),
+                                           ("mcap_cut_in_first_chunk", "truncated"),
+                                           ("sqlite_cut", "malformed"), ("sqlite_cut_tail", "corrupt after")])
+def test_bad_bags_fail_with_one_line_and_no_traceback(bags: dict[str, Path], name: str, message: str) -> None:
+    result = run_cli(str(bags[name]), "--rate", "0", "--clock-hz", "1000")
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("magma-ros replay:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_repairable_mcap_plays_its_readable_part_with_a_warning(bags: dict[str, Path]) -> None:
+    result = run_cli(str(bags["mcap_cut_repairable"]), "--rate", "0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("magma-ros replay: warning:")]
+    assert len(warnings) == 1 and "truncated" in warnings[0], result.stderr
+    assert "replay: done" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [(("--rate", "-1"), "rate must be >= 0"),
+                                           (("--remap", "nocolon"), "OLD:=NEW"),
+                                           (("--topics", "/not/in/bag"), "nothing to play"),
+                                           (("--start-offset", "100"), "past the end")])
+def test_bad_options_exit_2_with_one_line(bags: dict[str, Path], tmp_path: Path, args: tuple[str, ...],
+                                          message: str) -> None:
+    result = run_cli(str(bags["good"]), *args)
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("magma-ros replay:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
