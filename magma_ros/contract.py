@@ -103,7 +103,11 @@ class NodeParameters:
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any], source: str = "parameters") -> NodeParameters:
-        """Build from a name -> value mapping, rejecting names the node does not have."""
+        """Build from a name -> value mapping, rejecting names the node does not have.
+
+        ``use_sim_time`` (every rclpy node's own parameter) is accepted and left to rclpy.
+        """
+        values = {k: v for k, v in values.items() if k != "use_sim_time"}
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(values) - known)
         if unknown:
@@ -199,3 +203,201 @@ class SyntheticCameraParameters(NodeParameters):
 PARAMETER_CLASSES: dict[str, type[NodeParameters]] = {
     cls.NODE_NAME: cls for cls in (PolicyNodeParameters, SyntheticCameraParameters)
 }
+
+
+# The servo bridge's debug output (relative to the node): every accepted command after the safety
+# filter, geometry_msgs/msg/TwistStamped in speed units, stamped with the source camera stamp.
+FILTERED_TWIST_TOPIC = "~/filtered_twist"
+
+
+def _require_positive(**values: float) -> None:
+    for name, value in values.items():
+        _require(math.isfinite(value) and value > 0, f"{name} must be a finite number > 0, got {value}")
+
+
+@dataclass
+class ServoBridgeParameters(NodeParameters):
+    """Parameters of ``servo_bridge_node``: the safety layer between the policy and MoveIt Servo.
+
+    Every safety check is on by default. Linear limits are per axis in the base frame.
+    """
+
+    NODE_NAME = "servo_bridge_node"
+
+    ee_delta_topic: str = _param(EE_DELTA.name, "input: magma_ros/EndEffectorDelta from the policy")
+    twist_topic: str = _param(SERVO_TWIST.name, "output: Servo's delta_twist_cmds (TwistStamped, speed units)")
+    servo_node: str = _param("/servo_node", "Servo node whose ~/pause_servo and ~/switch_command_type are used "
+                                            "when they exist; '' = never call Servo services")
+    base_frame: str = _param("base_link", "robot base frame: deltas, the EE pose and the twists are in it")
+    ee_pose_topic: str = _param(EE_POSE.name, "current EE pose (PoseStamped in base_frame); '' = TF lookup "
+                                              "base_frame -> ee_frame (only where tf2_ros is importable)")
+    ee_frame: str = _param("", "end-effector frame for the TF lookup when ee_pose_topic is ''")
+    stream_rate_hz: float = _param(50.0, "rate the current command is re-stamped and re-sent to Servo")
+    zero_messages: int = _param(3, "zero twists sent when a stream stops, before going silent")
+    clamp_enabled: bool = _param(True, "clamp each axis of a step to max_linear_step_m / max_angular_step_rad")
+    max_linear_step_m: float = _param(0.05, "largest |dx|, |dy|, |dz| of one step (m)")
+    max_angular_step_rad: float = _param(0.25, "largest |droll|, |dpitch|, |dyaw| of one step (rad)")
+    max_linear_speed: float = _param(0.4, "per-axis linear speed cap (m/s), always applied; "
+                                          "at most Servo's scale.linear")
+    max_angular_speed: float = _param(0.8, "per-axis angular speed cap (rad/s), always applied; "
+                                           "at most Servo's scale.rotational")
+    rate_limit_enabled: bool = _param(True, "limit the change of the commanded speed between consecutive commands")
+    max_linear_speed_change: float = _param(0.2, "largest per-axis change of linear speed between commands (m/s)")
+    max_angular_speed_change: float = _param(0.6, "largest per-axis change of angular speed between commands "
+                                                  "(rad/s)")
+    workspace_enabled: bool = _param(True, "check the predicted target (EE pose + step) against the workspace "
+                                           "box; a step leaving it is cut to the boundary per axis")
+    workspace_min_xyz: list[float] = _param([0.15, -0.6, 0.02], "workspace box lower corner in base_frame (m)")  # noqa: RUF009
+    workspace_max_xyz: list[float] = _param([0.85, 0.6, 0.9], "workspace box upper corner in base_frame (m)")  # noqa: RUF009
+    max_pose_age_s: float = _param(0.25, "an EE pose older than this cannot be used for the workspace check")
+    max_delta_age_s: float = _param(0.5, "deltas whose source stamp is further than this from now are rejected")
+    min_step_period_s: float = _param(0.02, "deltas with a shorter step_period are rejected "
+                                            "(never below one stream tick)")
+    max_step_period_s: float = _param(1.0, "deltas with a longer step_period are rejected")
+    watchdog_enabled: bool = _param(True, "stop streaming when no fresh delta arrived within watchdog_timeout_s")
+    watchdog_timeout_s: float = _param(0.2, "longest motion after the last accepted delta (s)")
+    watchdog_from_publish_time: bool = _param(True, "count the watchdog from the delta's DDS publication time "
+                                                    "(needs synchronized clocks across hosts); false = from receipt")
+    estop_topic: str = _param(ESTOP.name, "std_msgs/Bool: true latches an e-stop until ~/reset_estop")
+    dry_run: bool = _param(False, "publish diagnostics and ~/filtered_twist but never command Servo or gripper")
+    gripper_enabled: bool = _param(True, "command the gripper (JointTrajectory, with hysteresis, on change)")
+    gripper_topic: str = _param(GRIPPER_TRAJECTORY.name, "output: trajectory_msgs/JointTrajectory")
+    gripper_joint_names: list[str] = _param(["gripper_joint"], "gripper joints the trajectory names")  # noqa: RUF009
+    gripper_open_position: float = _param(0.04, "joint position of an open gripper")
+    gripper_closed_position: float = _param(0.0, "joint position of a closed gripper")
+    gripper_motion_time_s: float = _param(0.5, "time_from_start of the one-point gripper trajectory")
+    gripper_open_threshold: float = _param(0.6, "hysteresis: open when the command rises to this")
+    gripper_close_threshold: float = _param(0.4, "hysteresis: close when the command falls to this")
+    gripper_action: str = _param("", "control_msgs GripperCommand action (used only if importable); '' = none")
+    gripper_max_effort: float = _param(0.0, "max_effort of GripperCommand goals; 0 = controller default")
+    planning_group: str = _param("arm", "MoveIt planning group for ~/go_home")
+    home_configuration: str = _param("home", "named configuration (SRDF group state) ~/go_home moves to")
+    diagnostics_period_s: float = _param(1.0, "period of the diagnostics status (s)")
+    autostart: bool = _param(False, "configure and activate on start (otherwise wait for lifecycle commands)")
+
+    def __post_init__(self) -> None:
+        for name in ("ee_delta_topic", "twist_topic", "base_frame", "estop_topic"):
+            _require(bool(getattr(self, name)), f"{name} must not be empty")
+        _require_positive(
+            stream_rate_hz=self.stream_rate_hz, max_linear_step_m=self.max_linear_step_m,
+            max_angular_step_rad=self.max_angular_step_rad, max_linear_speed=self.max_linear_speed,
+            max_angular_speed=self.max_angular_speed, max_linear_speed_change=self.max_linear_speed_change,
+            max_angular_speed_change=self.max_angular_speed_change, max_pose_age_s=self.max_pose_age_s,
+            max_delta_age_s=self.max_delta_age_s, min_step_period_s=self.min_step_period_s,
+            max_step_period_s=self.max_step_period_s, watchdog_timeout_s=self.watchdog_timeout_s,
+            gripper_motion_time_s=self.gripper_motion_time_s, diagnostics_period_s=self.diagnostics_period_s)
+        _require(self.stream_rate_hz <= 1000, f"stream_rate_hz must be <= 1000, got {self.stream_rate_hz}")
+        _require(1 <= self.zero_messages <= 100, f"zero_messages must be in 1..100, got {self.zero_messages}")
+        _require(self.min_step_period_s < self.max_step_period_s,
+                 f"need min_step_period_s < max_step_period_s, got {self.min_step_period_s} / "
+                 f"{self.max_step_period_s}")
+        for name in ("workspace_min_xyz", "workspace_max_xyz"):
+            corner = list(getattr(self, name))
+            _require(len(corner) == 3 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in corner),
+                     f"{name} must be three finite numbers, got {corner}")
+        lower, upper = list(self.workspace_min_xyz), list(self.workspace_max_xyz)
+        _require(all(lo < hi for lo, hi in zip(lower, upper, strict=True)),
+                 f"workspace_min_xyz must be below workspace_max_xyz on every axis, got {lower} / {upper}")
+        _require(not (self.ee_frame == "" and self.ee_pose_topic == "" and self.workspace_enabled),
+                 "the workspace check needs ee_pose_topic or ee_frame (for TF)")
+        _require(0 <= self.gripper_close_threshold < self.gripper_open_threshold <= 1,
+                 "need 0 <= gripper_close_threshold < gripper_open_threshold <= 1, got "
+                 f"{self.gripper_close_threshold} / {self.gripper_open_threshold}")
+        _require(not self.gripper_enabled or (bool(self.gripper_joint_names) and all(self.gripper_joint_names)),
+                 f"gripper_joint_names must name at least one joint, got {self.gripper_joint_names}")
+        for name in ("gripper_open_position", "gripper_closed_position", "gripper_max_effort"):
+            _require(math.isfinite(getattr(self, name)), f"{name} must be finite, got {getattr(self, name)}")
+
+
+PARAMETER_CLASSES[ServoBridgeParameters.NODE_NAME] = ServoBridgeParameters
+
+
+# ---------------------------------------------------------------------------------
+# Simulated workcell (sim_arm_node). Everything else it speaks is a real arm's interface above.
+SIM_EPISODE = Topic("/sim/episode", "std_msgs/msg/String", "latched",
+                    "episode status as JSON (magma_ros.sim.session.EpisodeStatus): seed, task, step, success, done")
+SIM_OBJECTS = Topic("/sim/objects", "visualization_msgs/msg/MarkerArray", "reliable",
+                    "ground-truth cube poses (one CUBE marker per cube, ns = colour) for RViz and the scripted expert")
+TOPICS.update(SIM_EPISODE=SIM_EPISODE, SIM_OBJECTS=SIM_OBJECTS)
+
+SIM_RESET_SERVICE = "~/reset"   # std_srvs/srv/Trigger (sim_arm_node): new episode from seed/task/color/max_steps
+SIM_PAUSE_SERVICE = "~/pause"   # std_srvs/srv/SetBool (sim_arm_node): true holds sim time, false runs it
+SERVO_PAUSE_SERVICE = "pause_servo"  # std_srvs/srv/SetBool under the Servo node's name (MoveIt Servo's)
+
+SIM_RUNTIME_PARAMETERS = ("seed", "task", "color", "max_steps", "continuous")
+"""sim_arm_node parameters that may change while it runs (read at the next ~/reset)."""
+
+
+@dataclass
+class SimArmParameters(NodeParameters):
+    """Parameters of ``sim_arm_node``: the pybullet workcell behind a real arm's ROS interfaces."""
+
+    NODE_NAME = "sim_arm_node"
+
+    mode: str = _param("realtime", "realtime: sim time follows the wall clock | synchronous: one control period "
+                                   "per answered observation (deterministic for a seed)")
+    seed: int = _param(0, "scene seed of the next episode (cube layout; colour too when color is '')")
+    task: str = _param("reach", "task family of the next episode: reach | pick")
+    color: str = _param("", "target cube colour (red | green | blue); '' = cycle with the seed")
+    max_steps: int = _param(0, "control-step budget of an episode; 0 = the task's default (reach 80, pick 150)")
+    autostart_episode: bool = _param(True, "start an episode (seed, task) at start-up")
+    continuous: bool = _param(False, "when an episode ends, start the next one (seed + 1) at once")
+    start_paused: bool = _param(False, "come up with sim time held (~/pause false runs it)")
+    control_period_s: float = _param(0.1, "control step (s of sim time): success is tested every step; in "
+                                          "synchronous mode each answered observation advances this much")
+    state_rate_hz: float = _param(60.0, "joint states, EE pose and /clock per second of sim time "
+                                        "(60 = every 4th 240 Hz physics step)")
+    camera_rate_hz: float = _param(10.0, "camera frames per second of sim time (realtime; synchronous mode "
+                                         "renders once per control step)")
+    realtime_factor: float = _param(1.0, "realtime mode: sim seconds per wall second (lower it on slow machines)")
+    sync_timeout_s: float = _param(3.0, "synchronous: wall seconds to wait for an answer before stepping with no "
+                                        "new command (longer than the slowest policy step)")
+    sync_quiet_s: float = _param(0.1, "synchronous: an answer is complete when no command came for this long "
+                                      "(wall s; longer than the gaps in a Servo bridge's 50 Hz stream)")
+    publish_clock: bool = _param(True, "publish /clock (run the other nodes with use_sim_time); false = stamps "
+                                       "follow the system clock (realtime mode only)")
+    image_width: int = _param(320, "third-person camera width (px)")
+    image_height: int = _param(240, "third-person camera height (px)")
+    publish_depth: bool = _param(True, "publish aligned depth (32FC1, metres)")
+    wrist_camera: bool = _param(False, "also render and publish the wrist camera")
+    image_topic: str = _param(CAMERA_IMAGE.name, "output: RGB camera (sensor_msgs/Image rgb8)")
+    camera_info_topic: str = _param(CAMERA_INFO.name, "output: CameraInfo of the RGB camera")
+    depth_topic: str = _param(CAMERA_DEPTH.name, "output: depth aligned to the RGB camera (32FC1, m)")
+    wrist_image_topic: str = _param(WRIST_IMAGE.name, "output: wrist camera (when wrist_camera)")
+    joint_states_topic: str = _param(JOINT_STATES.name, "output: arm and finger joints")
+    ee_pose_topic: str = _param(EE_POSE.name, "output: TCP pose (PoseStamped) in the base frame panda_link0")
+    objects_topic: str = _param(SIM_OBJECTS.name, "output: ground-truth cube markers")
+    episode_topic: str = _param(SIM_EPISODE.name, "output: episode status JSON (latched)")
+    instruction_topic: str = _param(INSTRUCTION.name, "output: the episode's instruction (latched)")
+    twist_topic: str = _param(SERVO_TWIST.name, "input: Servo's delta_twist_cmds (TwistStamped, speed units)")
+    gripper_topic: str = _param(GRIPPER_TRAJECTORY.name, "input: gripper JointTrajectory (finger joint travel, m)")
+    servo_node: str = _param("/servo_node", "offer MoveIt Servo's <servo_node>/pause_servo (SetBool); '' = don't")
+    diagnostics_period_s: float = _param(1.0, "period of the diagnostics status (wall s)")
+
+    def __post_init__(self) -> None:
+        _require(self.mode in ("realtime", "synchronous"), f"mode must be realtime or synchronous, got {self.mode!r}")
+        _require(self.task in ("reach", "pick"), f"task must be reach or pick, got {self.task!r}")
+        _require(self.color in ("", "red", "green", "blue"), f"color must be '', red, green or blue, got "
+                                                             f"{self.color!r}")
+        _require(0 <= self.seed < 2**32, f"seed must be in [0, 2**32), got {self.seed}")
+        _require(0 <= self.max_steps <= 100_000, f"max_steps must be in 0..100000, got {self.max_steps}")
+        _require_positive(control_period_s=self.control_period_s, state_rate_hz=self.state_rate_hz,
+                          camera_rate_hz=self.camera_rate_hz, realtime_factor=self.realtime_factor,
+                          sync_timeout_s=self.sync_timeout_s, sync_quiet_s=self.sync_quiet_s,
+                          diagnostics_period_s=self.diagnostics_period_s)
+        _require(self.control_period_s <= 1.0, f"control_period_s must be <= 1, got {self.control_period_s}")
+        _require(self.state_rate_hz * self.control_period_s >= 1 - 1e-9,
+                 f"state_rate_hz {self.state_rate_hz} gives less than one state per control period")
+        _require(self.realtime_factor <= 10, f"realtime_factor must be <= 10, got {self.realtime_factor}")
+        _require(self.sync_quiet_s < self.sync_timeout_s,
+                 f"need sync_quiet_s < sync_timeout_s, got {self.sync_quiet_s} / {self.sync_timeout_s}")
+        _require(self.publish_clock or self.mode == "realtime",
+                 "synchronous mode owns time: publish_clock must be true")
+        _require(8 <= self.image_width <= 4096 and 8 <= self.image_height <= 4096,
+                 f"image size must be in 8..4096 px, got {self.image_width}x{self.image_height}")
+        for name in ("image_topic", "camera_info_topic", "joint_states_topic", "ee_pose_topic", "episode_topic",
+                     "instruction_topic", "twist_topic", "gripper_topic"):
+            _require(bool(getattr(self, name)), f"{name} must not be empty")
+
+
+PARAMETER_CLASSES[SimArmParameters.NODE_NAME] = SimArmParameters

@@ -88,7 +88,7 @@ def test_launch_file_names_only_installed_executables_and_existing_files(path: P
             if kw.arg == "executable" and isinstance(kw.value, ast.Constant):
                 assert kw.value.value in ALL, f"{path.name}: unknown executable {kw.value.value!r}"
             if kw.arg == "package" and isinstance(kw.value, ast.Constant):
-                assert kw.value.value == "magma_ros"
+                assert kw.value.value == "magma_ros", f"{path.name}: starts a node of {kw.value.value}"
     referenced = [s for s in strings if s.endswith((".yaml", ".rviz", ".urdf", ".xml"))]
     assert referenced, f"{path.name} names no bringup description or file"
     for ref in referenced:
@@ -130,13 +130,20 @@ def test_bringup_errors_name_the_problem(tmp_path: Path) -> None:
         load_bringup(bad)
 
 
-def test_every_parameter_file_fits_some_node() -> None:
-    for path in sorted((REPO / "config").glob("*.yaml")):
-        data = yaml.safe_load(path.read_text())
-        for section in data.values():
-            keys = set(section["ros__parameters"])
-            fits = [cls for cls in contract.PARAMETER_CLASSES.values()
-                    if keys <= set(cls.descriptions())]
+def parameter_files() -> list[Path]:
+    return sorted([*(REPO / "config").glob("*.yaml"), *(REPO / "config" / "robots").glob("*.yaml")])
+
+
+@pytest.mark.parametrize("path", parameter_files(), ids=lambda p: p.name)
+def test_every_parameter_file_fits_its_nodes(path: Path) -> None:
+    data = yaml.safe_load(path.read_text())
+    for name, section in data.items():
+        keys = set(section["ros__parameters"]) - {"use_sim_time"}
+        node = name.strip("/")
+        if node in contract.PARAMETER_CLASSES:   # a section for one node: its contract, values checked
+            contract.PARAMETER_CLASSES[node].from_mapping(dict(section["ros__parameters"]), source=str(path))
+        else:
+            fits = [cls for cls in contract.PARAMETER_CLASSES.values() if keys <= set(cls.descriptions())]
             assert fits, f"{path.name}: parameters {sorted(keys)} fit no node's contract"
 
 
@@ -154,3 +161,11 @@ def test_topics_are_unique_and_typed() -> None:
         package, kind, _ = topic.type.split("/")
         assert kind == "msg" and package
 
+
+
+def test_rviz_config_exists_and_shows_our_topics() -> None:
+    from magma_ros.launch_support import RVIZ_CONFIG
+
+    text = (REPO / RVIZ_CONFIG).read_text()
+    for topic in (contract.TRACE_MARKERS, contract.ANNOTATED_IMAGE, contract.EE_POSE):
+        assert topic.name in text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -70,10 +71,20 @@ def declare_parameters(node: Node, parameters_cls: type[P]) -> P:
 def run_node(factory: Callable[..., Node], args: Sequence[str] | None = None, threads: int = 2) -> int:
     """Init rclpy, spin one node on a multi-threaded executor, shut down cleanly.
 
-    Ctrl-C and external shutdown end it with exit code 0; a node that fails to
-    construct (bad parameters) ends it with 1.
+    Ctrl-C, SIGTERM and external shutdown end it with exit code 0; a node that fails
+    to construct (bad parameters) ends it with 1. rclpy's own signal handler would shut
+    the context down before the node's ``close()`` runs; ours raises KeyboardInterrupt
+    instead, so ``close()`` can still publish (the bridge's final zero twists).
     """
-    rclpy.init(args=list(args) if args is not None else sys.argv)
+    init_args = list(args) if args is not None else sys.argv
+    try:
+        from rclpy.signals import SignalHandlerOptions
+
+        rclpy.init(args=init_args, signal_handler_options=SignalHandlerOptions.NO)
+    except ImportError:  # distros without signal handler options
+        rclpy.init(args=init_args)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     node: Node | None = None
     try:
         node = factory()
@@ -92,3 +103,7 @@ def run_node(factory: Callable[..., Node], args: Sequence[str] | None = None, th
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
