@@ -64,7 +64,7 @@ def _hf_action_step(policy: MagmaPolicy, frame: np.ndarray) -> tuple[int, ...]:
     class ActionRangeOnly(LogitsProcessor):
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
             out = torch.full_like(scores, float("-inf"))
-            out[:, rng.first: rng.last + 1] = scores[:, rng.first: rng.last + 1]
+            out[:, rng.lo: rng.hi + 1] = scores[:, rng.lo: rng.hi + 1]
             return out
 
     prepared = policy.prepare_inputs(frame, robot_action_query(INSTRUCTION), frame_size=policy.action_frame_size)

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from magma_ros.backends.default_checkpoint import default_checkpoint
 
-    path, description = default_checkpoint()   # build the default once, outside the timing
+    _, description = default_checkpoint()   # build the default once, outside the timing
     print(f"checkpoint: {description}; camera {args.rate} Hz; {args.frames} frames per size")
     print(f"{'size':>10} {'overhead p50':>13} {'p95':>7} | {'queue':>6} {'convert':>8} {'publish':>8} (p50 ms)"
           f" | {'model p50':>9} {'total p50':>9}")

@@ -44,7 +44,7 @@ class TorchBackend(PolicyBackend):
             self.statistics = resolve_statistics(statistics, stats_file if stats_file.is_file() else None)
         except CodecError as err:
             raise BackendError(str(err)) from err
-        self.codec = ActionCodec(self.policy.action_token_range.base_vocab_size)
+        self.codec = ActionCodec(self.policy.tokenizer.base_vocab_size)
         self.sampling = GREEDY if temperature <= 0 else Sampling(temperature=temperature)
         self.model_id = model_id or str(directory)
 

@@ -106,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
 
     t = step.timings
     print(f"instruction: {args.instruction}")
-    print(f"action tokens: {list(step.token_ids)}  (range {policy.action_token_range.first}.."
-          f"{policy.action_token_range.last})")
+    print(f"action tokens: {list(step.token_ids)}  (range {policy.action_token_range.lo}.."
+          f"{policy.action_token_range.hi})")
     print(f"statistics: {decoded.statistics}" + ("" if decoded.valid else f"  INVALID: {decoded.error}"))
     print(f"{'dim':<10} {'normalized':>11} {'metric':>11}")
     for name, n, a in zip(ACTION_DIM_NAMES, decoded.normalized, decoded.action, strict=True):

@@ -164,10 +164,10 @@ def decode_constrained(model: MagmaForCausalLM, inputs_embeds: torch.Tensor, tok
     if num_tokens < 1:
         raise GenerationError(f"num_tokens must be >= 1, got {num_tokens}")
     head = model.language_model.lm_head.weight
-    if token_range.last >= head.shape[0] or token_range.first < 0:
-        raise GenerationError(f"action token range [{token_range.first}, {token_range.last}] lies outside "
+    if token_range.hi >= head.shape[0] or token_range.lo < 0:
+        raise GenerationError(f"action token range [{token_range.lo}, {token_range.hi}] lies outside "
                               f"the model's {head.shape[0]}-row output embedding")
-    rows = head[token_range.first: token_range.last + 1]
+    rows = head[token_range.lo: token_range.hi + 1]
     device = model.device
     generator = _make_generator(sampling, device)
     stepper = _Stepper(model)
@@ -175,12 +175,12 @@ def decode_constrained(model: MagmaForCausalLM, inputs_embeds: torch.Tensor, tok
     synchronize(device)
     t0 = time.perf_counter()
     hidden = stepper.prefill(inputs_embeds)
-    ids = [token_range.first + choose(linear(hidden, rows), sampling, generator)]
+    ids = [token_range.lo + choose(linear(hidden, rows), sampling, generator)]
     synchronize(device)
     t1 = time.perf_counter()
     for _ in range(num_tokens - 1):
         hidden = stepper.step(ids[-1])
-        ids.append(token_range.first + choose(linear(hidden, rows), sampling, generator))
+        ids.append(token_range.lo + choose(linear(hidden, rows), sampling, generator))
     synchronize(device)
     t2 = time.perf_counter()
     steps = num_tokens - 1

@@ -114,8 +114,8 @@ class MagmaPolicy:
             stops.add(tokenizer.token_id(EOS_TOKEN))
         self.stop_ids = frozenset(stops)
         rng = tokenizer.action_token_range
-        if rng.last >= model.language_model.lm_head.weight.shape[0]:
-            raise GenerationError(f"tokenizer's action range [{rng.first}, {rng.last}] exceeds the model's "
+        if rng.hi >= model.language_model.lm_head.weight.shape[0]:
+            raise GenerationError(f"tokenizer's action range [{rng.lo}, {rng.hi}] exceeds the model's "
                                   f"{model.language_model.lm_head.weight.shape[0]} output rows")
 
     @classmethod

@@ -10,13 +10,13 @@ be larger (padded vocabulary); it never decides the range.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
 
+from magma_ros.codecs.actions import DEFAULT_N_BINS, ActionCodec, TokenRange
 from magma_ros.model.errors import TokenizerError
 
 BOS_TOKEN = "<|begin_of_text|>"
@@ -35,33 +35,12 @@ MAGMA_SPECIAL_TOKENS: tuple[str, ...] = (
     BOS_TOKEN, EOS_TOKEN, START_HEADER_TOKEN, END_HEADER_TOKEN, PAD_TOKEN, IMAGE_TOKEN,
     TRACE_START_TOKEN, TRACE_END_TOKEN, IMAGE_START_TOKEN, IMAGE_END_TOKEN, ACTION_TOKEN,
 )
-ACTION_BINS = 256
+ACTION_BINS = DEFAULT_N_BINS
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-@dataclass(frozen=True)
-class ActionTokenRange:
-    """Inclusive token-id range ``[first, last]`` holding the 256 action bins."""
-
-    first: int
-    last: int
-
-    @classmethod
-    def from_base_vocab(cls, base_vocab_size: int, bins: int = ACTION_BINS) -> ActionTokenRange:
-        return cls(first=base_vocab_size - bins, last=base_vocab_size - 1)
-
-    @property
-    def base_vocab_size(self) -> int:
-        return self.last + 1
-
-    def __contains__(self, token_id: object) -> bool:
-        return isinstance(token_id, int) and self.first <= token_id <= self.last
-
-    def __len__(self) -> int:
-        return self.last - self.first + 1
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.first, self.last + 1))
+# The action-token range is the codecs' TokenRange (one definition for model and decoding).
+ActionTokenRange = TokenRange
 
 
 def _token_text(value: Any) -> str | None:
@@ -134,7 +113,7 @@ class MagmaTokenizer:
 
     @property
     def action_token_range(self) -> ActionTokenRange:
-        return ActionTokenRange.from_base_vocab(self.base_vocab_size)
+        return ActionCodec(self.base_vocab_size, ACTION_BINS).token_range
 
     def token_id(self, token: str) -> int:
         """Id of ``token``; TokenizerError naming the token and file when absent."""

@@ -20,8 +20,8 @@ from magma_ros.model import (
 def test_action_range_from_tokenizer_not_embedding(policy):
     rng = policy.action_token_range
     base = policy.tokenizer.base_vocab_size
-    assert (rng.first, rng.last) == (base - 256, base - 1)
-    assert len(rng) == 256
+    assert (rng.lo, rng.hi) == (base - 256, base - 1)
+    assert rng.size == 256
     # the tiny model pads its embedding past the tokenizer, like Magma-8B
     assert policy.model.embed_tokens.num_embeddings > policy.tokenizer.vocab_size > base
 
@@ -30,7 +30,7 @@ def test_action_range_from_tokenizer_not_embedding(policy):
 def test_action_path_returns_seven_ids_in_range(policy, frame, sampling):
     step = policy.predict_action(frame, "push the yellow ball to the left", sampling=sampling)
     assert len(step.token_ids) == 7
-    assert all(t in policy.action_token_range for t in step.token_ids)
+    assert all(policy.action_token_range.contains(t) for t in step.token_ids)
     assert step.text == policy.tokenizer.decode(step.token_ids)
     t = step.timings
     assert t.decode_steps == 6
@@ -54,7 +54,7 @@ def _no_cache_greedy(model, embeds, steps, allowed=None):
             logits = model.language_model(inputs_embeds=seq, use_cache=False).logits[0, -1].float()
             if allowed is not None:
                 mask = torch.full_like(logits, float("-inf"))
-                mask[allowed.first: allowed.last + 1] = 0
+                mask[allowed.lo: allowed.hi + 1] = 0
                 logits = logits + mask
             ids.append(int(logits.argmax()))
             seq = torch.cat([seq, model.embed(torch.tensor([ids[-1]]))], dim=1)
@@ -84,7 +84,7 @@ def test_constrained_matches_transformers_generate(policy, frame):
     class OnlyActions(LogitsProcessor):
         def __call__(self, input_ids, scores):
             out = torch.full_like(scores, float("-inf"))
-            out[:, rng.first: rng.last + 1] = scores[:, rng.first: rng.last + 1]
+            out[:, rng.lo: rng.hi + 1] = scores[:, rng.lo: rng.hi + 1]
             return out
 
     prepared = policy.prepare_inputs(frame, robot_action_query("slide the towel"), frame_size=256)
@@ -149,4 +149,4 @@ def test_action_range_agrees_with_action_codec(policy):
     from magma_ros.codecs.actions import ActionCodec
 
     lo, hi = ActionCodec(policy.tokenizer.base_vocab_size).token_range
-    assert (lo, hi) == (policy.action_token_range.first, policy.action_token_range.last)
+    assert (lo, hi) == (policy.action_token_range.lo, policy.action_token_range.hi)

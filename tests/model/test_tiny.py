@@ -24,7 +24,7 @@ def test_tokenizer_special_tokens_and_action_slots(tiny):
     for token in MAGMA_SPECIAL_TOKENS:
         assert tok.token_id(token) >= tok.base_vocab_size  # added after the base vocabulary
     rng = tok.action_token_range
-    assert (rng.first, rng.last) == (768, 1023)
+    assert (rng.lo, rng.hi) == (768, 1023)
     produced = {i for line in tiny_corpus() for i in tok.encode(line, add_special_tokens=False)}
     assert not produced & set(rng)  # ordinary text never lands in the action bins
     assert tok.encode("hi")[0] == tok.bos_id

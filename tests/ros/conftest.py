@@ -38,6 +38,15 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("magma_tiny"))
 
 
+@pytest.fixture(scope="session")
+def slow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """magma-tiny-512 (Magma's 512 px crops, 4 layers): slower per step than a 30 Hz camera."""
+    from magma_ros.model import build_tiny_model, save_checkpoint
+
+    model, tokenizer = build_tiny_model("magma-tiny-512", seed=0)
+    return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("magma_tiny_512"))
+
+
 TRACE_FRAME_SIZE = (240, 320)   # (height, width) of the frames the trace checkpoint was fitted on
 
 
