@@ -1,4 +1,8 @@
-"""PyTorch backend: MagmaPolicy (model core) + action/trace codecs."""
+"""PyTorch backend: MagmaPolicy (model core) + action/trace codecs.
+
+The one place a frame becomes a decoded action or parsed traces with PyTorch: the
+policy node and ``magma-ros predict`` both go through it.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from magma_ros.backends.base import (
-    BackendError,
-    PolicyBackend,
-    PolicyOutput,
-    StageTimings,
-)
+from magma_ros.backends.base import BackendError, PolicyBackend, PolicyOutput, StageTimings
 from magma_ros.codecs import (
     ActionCodec,
     ImageSize,
@@ -24,29 +23,39 @@ from magma_ros.codecs import (
 
 MARK_GRID = (3, 4)          # rows x cols of candidate marks for Trace-of-Mark queries
 TRACE_MAX_NEW_TOKENS = 384
+STATISTICS_FILE = "dataset_statistics.json"
 
 
 class TorchBackend(PolicyBackend):
-    """Runs a Magma checkpoint with PyTorch (CPU or CUDA)."""
+    """Runs a Magma checkpoint with PyTorch (CPU or CUDA).
 
-    def __init__(self, checkpoint: str | Path, dtype: str = "float32", device: str = "cpu",
-                 statistics: str = "bridge_orig", temperature: float = 0.0, model_id: str = "") -> None:
+    ``statistics`` names the q01/q99 set; ``""`` takes the checkpoint's only
+    dataset_statistics.json entry, else ``bridge_orig``.
+    """
+
+    def __init__(self, checkpoint: str | Path, dtype: str | None = "float32", device: str = "cpu",
+                 statistics: str = "bridge_orig", temperature: float = 0.0, model_id: str = "",
+                 seed: int | None = None, mark_grid: tuple[int, int] = MARK_GRID,
+                 trace_max_new_tokens: int = TRACE_MAX_NEW_TOKENS) -> None:
         from magma_ros.codecs import CodecError
         from magma_ros.model import GREEDY, MagmaModelError, MagmaPolicy, Sampling
 
         directory = Path(checkpoint)
+        stats_file = directory / STATISTICS_FILE
+        stats_path = stats_file if stats_file.is_file() else None
+        try:
+            self.statistics = resolve_statistics(statistics or (None if stats_path else "bridge_orig"), stats_path)
+        except CodecError as err:
+            raise BackendError(str(err)) from err
         try:
             self.policy = MagmaPolicy.from_pretrained(directory, dtype=dtype, device=device)
         except MagmaModelError as err:
             raise BackendError(f"cannot load checkpoint {directory}: {err}") from err
-        stats_file = directory / "dataset_statistics.json"
-        try:
-            self.statistics = resolve_statistics(statistics, stats_file if stats_file.is_file() else None)
-        except CodecError as err:
-            raise BackendError(str(err)) from err
         self.codec = ActionCodec(self.policy.tokenizer.base_vocab_size)
-        self.sampling = GREEDY if temperature <= 0 else Sampling(temperature=temperature)
+        self.sampling = GREEDY if temperature <= 0 else Sampling(temperature=temperature, seed=seed)
         self.model_id = model_id or str(directory)
+        self.mark_grid = mark_grid
+        self.trace_max_new_tokens = trace_max_new_tokens
 
     def act(self, rgb: np.ndarray, instruction: str) -> PolicyOutput:
         from magma_ros.model import MagmaModelError
@@ -65,22 +74,29 @@ class TorchBackend(PolicyBackend):
                             statistics=self.statistics.name, timings=timings)
 
     def trace(self, rgb: np.ndarray, instruction: str, n_steps: int) -> PolicyOutput:
+        """Label the frame with numbered marks, ask the Trace-of-Mark question, parse the answer.
+
+        ``valid`` stays False (a trace is not an action); ``error`` lists parse problems.
+        """
         from magma_ros.model import MagmaModelError
 
         size = ImageSize.of(rgb)
-        marks = place_marks_on_grid(size, *MARK_GRID, shuffle_ids=False)
+        marks = place_marks_on_grid(size, *self.mark_grid, shuffle_ids=False)
         query = build_tom_query(instruction, n_steps, mark_ids=[m.id for m in marks])
         try:
-            result = self.policy.generate_text(draw_marks(rgb, marks), query, TRACE_MAX_NEW_TOKENS, self.sampling)
+            result = self.policy.generate_text(draw_marks(rgb, marks), query, self.trace_max_new_tokens,
+                                               self.sampling)
         except MagmaModelError as err:
             return PolicyOutput.failure(f"model: {err}")
         parsed = parse_traces(result.text, size)
-        error = "; ".join(parsed.errors)
-        if not parsed.traces and not error:
-            error = "no trace in the answer"
-        return PolicyOutput(
-            valid=False, error=error, raw_text=result.text, timings=_timings(result.timings),
-            marks=tuple(marks), traces=tuple(sorted(parsed.traces.items())))
+        errors = list(parsed.errors)
+        if not result.finished:
+            errors.append(f"answer cut at {self.trace_max_new_tokens} tokens")
+        if not parsed.traces and not errors:
+            errors.append("no trace in the answer")
+        return PolicyOutput(valid=False, error="; ".join(errors), raw_text=result.text,
+                            token_ids=tuple(result.token_ids), timings=_timings(result.timings),
+                            marks=tuple(marks), traces=tuple(sorted(parsed.traces.items())))
 
     def close(self) -> None:
         self.policy = None  # type: ignore[assignment]

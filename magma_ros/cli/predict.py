@@ -76,66 +76,48 @@ def run(args: argparse.Namespace) -> int:
     if args.temperature < 0:
         return _fail(f"--temperature must be >= 0, got {args.temperature}", 2)
 
-    from magma_ros.codecs import (
-        ACTION_DIM_NAMES,
-        ActionCodec,
-        CodecError,
-        build_tom_query,
-        draw_marks,
-        draw_traces,
-        parse_traces,
-        place_marks_on_grid,
-        resolve_statistics,
-    )
-    from magma_ros.codecs.grid import ImageSize
-    from magma_ros.model import MagmaModelError, MagmaPolicy, Sampling
-    from magma_ros.model.loading import STATISTICS_FILE
+    from magma_ros.backends import BackendError
+    from magma_ros.backends.torch_backend import TorchBackend
+    from magma_ros.codecs import ACTION_DIM_NAMES
+    from magma_ros.model import ImageError
+    from magma_ros.visualization import annotate_frame
 
-    checkpoint = Path(args.checkpoint)
-    stats_file = checkpoint / STATISTICS_FILE
     try:
         image = _read_image(Path(args.image))
-        stats_path = stats_file if stats_file.is_file() else None
-        stats = resolve_statistics(args.stats or (None if stats_path else "bridge_orig"), stats_path)
-        sampling = Sampling(temperature=args.temperature, seed=args.seed)
-        policy = MagmaPolicy.from_pretrained(checkpoint, dtype=args.dtype, device=args.device)
-        step = policy.predict_action(image, args.instruction, sampling=sampling)
-        decoded = ActionCodec(policy.tokenizer.base_vocab_size).decode(step.token_ids, stats)
-    except (MagmaModelError, CodecError, ValueError) as err:
+        backend = TorchBackend(args.checkpoint, dtype=args.dtype, device=args.device, statistics=args.stats or "",
+                               temperature=args.temperature, seed=args.seed, mark_grid=grid,
+                               trace_max_new_tokens=args.max_new_tokens)
+    except (BackendError, ImageError, ValueError) as err:
         return _fail(str(err), 1)
+    out = backend.act(image, args.instruction)
+    if not out.valid and not out.token_ids:
+        return _fail(out.error, 1)
 
-    t = step.timings
+    t = out.timings
+    token_range = backend.policy.action_token_range
     print(f"instruction: {args.instruction}")
-    print(f"action tokens: {list(step.token_ids)}  (range {policy.action_token_range.lo}.."
-          f"{policy.action_token_range.hi})")
-    print(f"statistics: {decoded.statistics}" + ("" if decoded.valid else f"  INVALID: {decoded.error}"))
+    print(f"action tokens: {list(out.token_ids)}  (range {token_range.lo}..{token_range.hi})")
+    print(f"statistics: {backend.statistics.name}" + ("" if out.valid else f"  INVALID: {out.error}"))
     print(f"{'dim':<10} {'normalized':>11} {'metric':>11}")
-    for name, n, a in zip(ACTION_DIM_NAMES, decoded.normalized, decoded.action, strict=True):
+    for name, n, a in zip(ACTION_DIM_NAMES, out.normalized, out.action, strict=True):
         print(f"{name:<10} {n:>11.4f} {a:>11.5f}")
-    print(f"gripper: {decoded.gripper:.3f} ({'open' if decoded.gripper > 0.5 else 'closed'})")
+    print(f"gripper: {out.action[6]:.3f} ({'open' if out.action[6] > 0.5 else 'closed'})")
     print(f"timings ms: preprocess {t.preprocess_ms:.1f}, vision {t.vision_ms:.1f}, prefill {t.prefill_ms:.1f}, "
-          f"decode {t.decode_ms_per_token:.1f}/token, total {t.total_ms:.1f}")
+          f"decode {t.decode_ms / max(1, len(out.token_ids)):.1f}/token, total {t.model_ms:.1f}")
 
     drawn = image
     if args.traces:
-        try:
-            size = ImageSize.of(image)
-            marks = place_marks_on_grid(size, *grid)
-            marked = draw_marks(image, marks)
-            query = build_tom_query(args.instruction, args.trace_steps, mark_ids=sorted(m.id for m in marks))
-            answer = policy.generate_text(marked, query, max_new_tokens=args.max_new_tokens, sampling=sampling)
-        except (MagmaModelError, CodecError, ValueError) as err:
-            return _fail(str(err), 1)
-        parsed = parse_traces(answer.text, size)
-        print(f"\ntrace answer ({len(answer.token_ids)} tokens, {answer.timings.total_ms:.1f} ms"
-              f"{'' if answer.finished else ', hit --max-new-tokens'}):")
-        print(answer.text)
-        for mark_id, trace in parsed.traces.items():
+        traced = backend.trace(image, args.instruction, args.trace_steps)
+        if traced.error.startswith("model: "):
+            return _fail(traced.error, 1)
+        print(f"\ntrace answer ({len(traced.token_ids)} tokens, {traced.timings.model_ms:.1f} ms):")
+        print(traced.raw_text)
+        for mark_id, trace in traced.traces:
             pixels = ", ".join(f"({u:.0f},{v:.0f})" for u, v in trace.pixels)
             print(f"mark {mark_id}: {pixels}")
-        for error in parsed.errors:
+        for error in filter(None, traced.error.split("; ")):
             print(f"trace parse: {error}")
-        drawn = draw_traces(marked, parsed)
+        drawn = annotate_frame(image, traced.marks, traced.traces)
     if args.out:
         from PIL import Image
 
