@@ -62,8 +62,9 @@ $(VENV)/.stamp-interfaces: $(VENV)/.stamp-package CMakeLists.txt package.xml $(I
 
 setup: $(VENV)/.stamp-interfaces
 
+# A private DDS domain unless one is set, so a demo never mixes with another stack on this machine.
 demo: setup
-	$(VENV)/bin/magma-ros demo
+	ROS_DOMAIN_ID=$${ROS_DOMAIN_ID:-$$(( 100 + RANDOM % 100 ))} $(VENV)/bin/magma-ros demo
 
 test: setup
 	$(PY) -m pytest

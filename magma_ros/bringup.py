@@ -45,7 +45,8 @@ class NodeLaunch:
         for path in self.parameter_files:
             args += ["--params-file", str(path)]
         for key, value in self.overrides.items():
-            args += ["-p", f"{key}:={json.dumps(value) if not isinstance(value, str) else value}"]
+            # JSON is YAML: strings stay strings ("true", "", "1.0"), lists and numbers keep their type.
+            args += ["-p", f"{key}:={json.dumps(value)}"]
         return args
 
 

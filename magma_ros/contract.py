@@ -352,8 +352,11 @@ class SimArmParameters(NodeParameters):
     realtime_factor: float = _param(1.0, "realtime mode: sim seconds per wall second (lower it on slow machines)")
     sync_timeout_s: float = _param(3.0, "synchronous: wall seconds to wait for an answer before stepping with no "
                                         "new command (longer than the slowest policy step)")
-    sync_quiet_s: float = _param(0.1, "synchronous: an answer is complete when no command came for this long "
-                                      "(wall s; longer than the gaps in a Servo bridge's 50 Hz stream)")
+    sync_answer_end: str = _param("zero_twist", "synchronous: when an answer is complete. zero_twist: at the zero "
+                                                "twist that ends a Servo bridge's stream | quiet: sync_quiet_s after "
+                                                "the last command (a teleop sending one twist per frame)")
+    sync_quiet_s: float = _param(0.1, "synchronous, sync_answer_end quiet: wall seconds without a command that "
+                                      "complete an answer")
     publish_clock: bool = _param(True, "publish /clock (run the other nodes with use_sim_time); false = stamps "
                                        "follow the system clock (realtime mode only)")
     image_width: int = _param(320, "third-person camera width (px)")
@@ -389,6 +392,8 @@ class SimArmParameters(NodeParameters):
         _require(self.state_rate_hz * self.control_period_s >= 1 - 1e-9,
                  f"state_rate_hz {self.state_rate_hz} gives less than one state per control period")
         _require(self.realtime_factor <= 10, f"realtime_factor must be <= 10, got {self.realtime_factor}")
+        _require(self.sync_answer_end in ("zero_twist", "quiet"),
+                 f"sync_answer_end must be zero_twist or quiet, got {self.sync_answer_end!r}")
         _require(self.sync_quiet_s < self.sync_timeout_s,
                  f"need sync_quiet_s < sync_timeout_s, got {self.sync_quiet_s} / {self.sync_timeout_s}")
         _require(self.publish_clock or self.mode == "realtime",

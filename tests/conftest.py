@@ -11,6 +11,6 @@ os.environ["ROS_DOMAIN_ID"] = os.environ.get("MAGMA_ROS_TEST_DOMAIN_ID") or str(
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
 
-from magma_ros.bringup import apply_local_dds_profile  # noqa: E402
+from magma_ros.bringup import apply_local_dds_profile
 
 apply_local_dds_profile()

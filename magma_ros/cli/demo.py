@@ -1,73 +1,71 @@
-"""`magma-ros demo`: bring up the stack on the embedded default and report what it did."""
+"""`magma-ros demo` (what `make demo` runs): the whole stack closed-loop in the simulated workcell.
+
+Brings up config/bringup/sim.yaml in this process (sim_arm_node in synchronous mode,
+magma_policy_node on the embedded default checkpoint, servo_bridge_node), runs a few short
+reach and pick episodes through it, prints the success table and writes the summary JSON,
+the plot and an animation of the first episode with the policy's predicted motion drawn.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_OUT = "runs/demo"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="run the main job on the embedded default (what `make demo` runs)")
-    parser.add_argument("--bringup", default="config/bringup/synthetic.yaml", help="bringup description to run")
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds to run")
+    parser = subparsers.add_parser(
+        "demo", help="closed loop in the simulated workcell on the embedded default (what `make demo` runs)",
+        description="Bring up sim + policy + Servo bridge, run a few short episodes, print the success table "
+                    "and write an overlay animation.")
+    parser.add_argument("--bringup", default="config/bringup/sim.yaml", help="bringup description to run")
+    parser.add_argument("--checkpoint", default="", help="checkpoint directory ('' = the embedded default)")
+    parser.add_argument("--episodes", type=int, default=2, help="episodes per task")
+    parser.add_argument("--max-steps", type=int, default=30, help="step budget per episode (10 Hz control steps)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="where the summary, plot and animation go")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import threading
+    import time
 
-    import numpy as np
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-    from rclpy.task import Future
+    from magma_ros.backends.default_checkpoint import default_checkpoint
+    from magma_ros.bringup import BringupError
+    from magma_ros.cli.evaluate import EvaluationSettings, evaluate
+    from magma_ros.evaluation import format_table, summarize
+    from magma_ros.ros.sim_episodes import EpisodeClientError
 
-    from magma_ros import contract
-    from magma_ros.bringup import load_bringup
-    from magma_ros.msg import Prediction
-    from magma_ros.ros.bringup_runner import create_nodes
-    from magma_ros.ros.runtime import message_type, qos
-
-    bringup = load_bringup(args.bringup)
-    print(f"magma-ros demo: {bringup.description}")
-    print("  status: the camera -> policy path runs; with backend 'none' no model is loaded yet, so every")
-    print("  Prediction reports 'no model' and nothing is commanded.")
-    rclpy.init()
-    nodes: list = []
-    predictions: list[Prediction] = []
-    frames = [0]
-    lock = threading.Lock()
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    out = Path(args.out)
+    checkpoint_note = args.checkpoint or default_checkpoint()[1]
+    untrained = not args.checkpoint and "untrained" in checkpoint_note
+    print("magma-ros demo: simulated Panda workcell -> magma_policy_node -> servo_bridge_node -> Servo twists -> sim")
+    print(f"  checkpoint: {checkpoint_note}")
+    if untrained:
+        print("  NOTE: this default model is untrained (no trained checkpoint ships yet), so expect a success rate")
+        print("  of about 0%: the demo shows the closed loop running, not a policy that solves the tasks.")
+    print(f"  {args.episodes} reach + {args.episodes} pick episode(s), {args.max_steps} steps each, synchronous "
+          "sim (deterministic; slow CPUs only make it slower)\n")
+    started = time.monotonic()
     try:
-        nodes = create_nodes(bringup)
-        probe = rclpy.create_node("magma_demo_probe")
-
-        def on_prediction(msg: Prediction) -> None:
-            with lock:
-                predictions.append(msg)
-
-        def on_frame(_msg: object) -> None:
-            frames[0] += 1
-
-        probe.create_subscription(Prediction, contract.PREDICTION.name, on_prediction, qos(contract.PREDICTION))
-        probe.create_subscription(message_type(contract.CAMERA_IMAGE), contract.CAMERA_IMAGE.name, on_frame,
-                                  qos(contract.CAMERA_IMAGE))
-        executor = MultiThreadedExecutor(num_threads=4)
-        for node in [*nodes, probe]:
-            executor.add_node(node)
-        executor.spin_until_future_complete(Future(), timeout_sec=args.duration)
-        policy = next((n for n in nodes if hasattr(n, "counters")), None)
-        counters = dict(policy.counters) if policy is not None else {}
-        executor.shutdown(timeout_sec=2.0)
-    finally:
-        for node in nodes:
-            getattr(node, "close", lambda: None)()
-        rclpy.try_shutdown()
-    with lock:
-        got = list(predictions)
-    print(f"\n  ran {args.duration:.0f} s: {frames[0]} camera frames seen, {len(got)} Predictions published")
-    if got:
-        totals = np.array([p.total_ms for p in got])
-        valid = sum(p.action_valid for p in got)
-        print(f"  frame -> Prediction: p50 {np.percentile(totals, 50):.1f} ms, p95 {np.percentile(totals, 95):.1f} ms")
-        print(f"  valid actions: {valid}/{len(got)}; last error: {got[-1].error or '-'}")
-    if counters:
-        print("  policy counters: " + ", ".join(f"{k}={v}" for k, v in counters.items()))
-    return 0 if got else 1
+        settings = EvaluationSettings(checkpoint=args.checkpoint, tasks=("reach", "pick"), episodes=args.episodes,
+                                      seed=0, max_steps=args.max_steps, out=out, gif=out / "overlay.gif",
+                                      bringup=args.bringup)
+        result = evaluate(settings)
+    except (ValueError, BringupError, EpisodeClientError) as err:
+        print(f"magma-ros demo: {err}", file=sys.stderr)
+        return 1
+    print()
+    print(format_table(summarize(result.outcomes)))
+    if untrained:
+        print("(untrained model: 0% is the expected result; `magma-ros record-demos` writes expert demonstrations "
+              "to train on)")
+    print(f"\nsummary JSON:      {result.summary_json}")
+    print(f"plot:              {result.plot}")
+    if result.gif is not None:
+        print(f"overlay animation: {result.gif}  (yellow: TCP path, cyan: the policy's predicted motion x5)")
+    print(f"wall time:         {time.monotonic() - started:.0f} s")
+    return 0

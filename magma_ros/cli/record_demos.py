@@ -1,0 +1,158 @@
+"""`magma-ros record-demos`: scripted-expert demonstrations in the simulated workcell, one rosbag2 per episode.
+
+Everything runs in this process but talks over ROS: sim_arm_node in synchronous mode, the
+scripted expert as a teleoperator (it sees /ee_pose, /joint_states and the cube markers and
+answers every 10 Hz observation with a Servo twist and, on change, a gripper trajectory) and a
+recorder subscribed to the topics a real teleop recording holds. Episodes end at success or
+when the step budget is spent.
+
+Output: ``OUT/episode_NNNN/`` per episode (an mcap rosbag2 with ``episode.json`` beside its
+metadata.yaml: seed, task, instruction, success, steps) and ``OUT/index.json`` listing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "record-demos", help="record scripted-expert demonstrations in the simulated workcell as rosbag2 (mcap)",
+        description="Run scripted-expert episodes in the simulated workcell through its ROS interfaces and write "
+                    "one rosbag2 (mcap) per episode: camera image, aligned depth, camera info, joint states, "
+                    "EE pose, gripper commands, Servo twist commands, the instruction and the episode status.")
+    parser.add_argument("--task", choices=("reach", "pick"), required=True, help="task family")
+    parser.add_argument("--episodes", type=int, default=10, help="number of episodes (seeds SEED .. SEED+N-1)")
+    parser.add_argument("--seed", type=int, default=0, help="first seed (the target colour cycles with the seed)")
+    parser.add_argument("--out", required=True, help="output directory (created; existing episodes are refused)")
+    parser.add_argument("--max-steps", type=int, default=0, help="step budget per episode (0 = the task's default)")
+    parser.add_argument("--wrist-camera", action="store_true", help="also record the wrist camera")
+    parser.add_argument("--keep-failures", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep the bags of episodes the expert failed (marked success: false)")
+    parser.set_defaults(func=run)
+
+
+def _fail(message: str) -> int:
+    print(f"magma-ros record-demos: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.episodes < 1:
+        return _fail(f"--episodes must be at least 1, got {args.episodes}")
+    if not 0 <= args.seed < 2**32 - args.episodes:
+        return _fail(f"--seed must be in [0, 2**32 - episodes), got {args.seed}")
+    out = Path(args.out).expanduser()
+    bags = [out / f"episode_{i:04d}" for i in range(args.episodes)]
+    taken = [b for b in bags if b.exists()]
+    if taken:
+        return _fail(f"{taken[0]} already exists; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    return _record(args, out, bags)
+
+
+def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
+    import json
+    import shutil
+    import time
+
+    import rclpy
+    from rclpy.parameter import Parameter
+
+    from magma_ros import contract
+    from magma_ros.ros.demo_recorder import RECORDED_TOPICS, DemoRecorder
+    from magma_ros.ros.expert_teleop_node import ExpertTeleopNode
+    from magma_ros.ros.sim_arm_node import SimArmNode
+    from magma_ros.ros.sim_episodes import (
+        EpisodeClientError,
+        ProgressLine,
+        RunningGraph,
+        SimEpisodeClient,
+        domain_warning,
+        foreign_publishers,
+        ros_session,
+    )
+    from magma_ros.sim.session import choose_task
+
+    topics = RECORDED_TOPICS + ((contract.WRIST_IMAGE,) if args.wrist_camera else ())
+    sim_parameters = {"mode": "synchronous", "autostart_episode": False, "start_paused": True, "continuous": False,
+                      "task": args.task, "seed": args.seed, "max_steps": args.max_steps,
+                      "wrist_camera": args.wrist_camera, "sync_timeout_s": 2.0,
+                      # the expert answers each observation with one twist (after a gripper command, on change)
+                      "sync_answer_end": "quiet", "sync_quiet_s": 0.02}
+    progress = ProgressLine()
+    print(f"magma-ros record-demos: {args.episodes} '{args.task}' episode(s) from seed {args.seed} -> {out}")
+    index: list[dict] = []
+    started = time.monotonic()
+    with ros_session():
+        sim = SimArmNode(parameter_overrides=[Parameter(k, value=v) for k, v in sim_parameters.items()])
+        sim_time = [Parameter("use_sim_time", value=True)]
+        expert = ExpertTeleopNode(parameter_overrides=sim_time)
+        recorder = DemoRecorder(topics, parameter_overrides=sim_time)
+        control = rclpy.create_node("magma_record_demos")
+        graph = RunningGraph([sim, expert, recorder, control])
+        try:
+            client = SimEpisodeClient(control, sim.get_name())
+            _wait_for_discovery(control, recorder, topics)
+            crowded = foreign_publishers(control, topics)
+            if crowded:
+                print(domain_warning(crowded), file=sys.stderr)
+            for i, bag in enumerate(bags):
+                seed = args.seed + i
+                task = choose_task(args.task, seed, "", args.max_steps)
+                label = f"  episode {i + 1}/{args.episodes} seed {seed} {task.instruction!r}"
+                episode_start = time.monotonic()
+                client.pause(True)
+                client.configure(seed, args.task, "", args.max_steps)
+                recorder.start(bag)
+                status = client.reset()
+                client.pause(False)
+                final = client.wait_done(status.episode, timeout=task.max_steps * 3.0 + 30.0,
+                                         progress=lambda s, label=label: progress.update(
+                                             f"{label}: step {s.step}/{s.max_steps}"))
+                client.pause(True)
+                time.sleep(0.3)  # the final observation's messages are still on their way
+                metadata = {"seed": seed, "task": final.task, "color": final.color, "instruction": final.instruction,
+                            "success": final.success, "steps": final.step, "max_steps": final.max_steps,
+                            "sim_time_s": final.sim_time, "start_time_s": final.start_time,
+                            "control_rate_hz": round(1.0 / sim.params.control_period_s, 6),
+                            "driver": "ScriptedExpert over ROS (Servo twist + gripper JointTrajectory at 10 Hz)"}
+                counts = recorder.stop(metadata)
+                wall = time.monotonic() - episode_start
+                kept = final.success or args.keep_failures
+                if not kept:
+                    shutil.rmtree(bag, ignore_errors=True)
+                index.append({**metadata, "bag": bag.name if kept else None, "messages": counts})
+                progress.finish(f"{label}: {'success' if final.success else 'FAILED'} in {final.step} steps, "
+                                f"{sum(counts.values())} messages, {wall:.1f} s" + ("" if kept else " (dropped)"))
+        except EpisodeClientError as err:
+            print(f"magma-ros record-demos: {err}", file=sys.stderr)
+            return 1
+        finally:
+            recorder.stop()
+            graph.close()
+    successes = sum(row["success"] for row in index)
+    (out / "index.json").write_text(json.dumps({"task": args.task, "seed": args.seed, "episodes": index},
+                                               indent=2) + "\n")
+    print(f"expert success {successes}/{len(index)}; {time.monotonic() - started:.0f} s; index: {out / 'index.json'}")
+    return 0
+
+
+def _wait_for_discovery(control, recorder, topics, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    """Until the recorder sees a publisher on every topic the sim publishes (DDS matching is asynchronous)."""
+    import time
+
+    from magma_ros import contract
+
+    published_by_sim = [t for t in topics if t not in (contract.SERVO_TWIST, contract.GRIPPER_TRAJECTORY)]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(recorder.count_publishers(t.name) > 0 for t in published_by_sim) and \
+                control.count_subscribers(contract.SERVO_TWIST.name) > 0:
+            time.sleep(0.3)
+            return
+        time.sleep(0.05)
