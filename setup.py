@@ -16,8 +16,13 @@ ROOT = Path(__file__).resolve().parent
 EXECUTABLES = runpy.run_path(str(ROOT / PACKAGE / "executables.py"))["ALL"]
 
 
-def share(folder: str) -> tuple[str, list[str]]:
-    return (f"share/{PACKAGE}/{folder}", sorted(p for p in glob(f"{folder}/**/*", recursive=True) if Path(p).is_file() and not p.endswith(".keep")))
+def share(folder: str) -> list[tuple[str, list[str]]]:
+    """data_files entries installing ``folder`` (recursively, keeping sub-folders) under share/magma_ros."""
+    files = sorted(p for p in glob(f"{folder}/**/*", recursive=True) if Path(p).is_file())
+    by_dir: dict[str, list[str]] = {}
+    for path in files:
+        by_dir.setdefault(str(Path(path).parent), []).append(path)
+    return [(f"share/{PACKAGE}/{directory}", paths) for directory, paths in sorted(by_dir.items())]
 
 
 setup(
@@ -31,9 +36,9 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
-        share("launch"),
-        share("config"),
-        share("urdf"),
+        *share("launch"),
+        *share("config"),
+        *share("urdf"),
     ],
     entry_points={"console_scripts": [f"{name} = {target}" for name, target in EXECUTABLES.items()]},
     zip_safe=False,

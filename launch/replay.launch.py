@@ -6,10 +6,10 @@ Starts policy + bridge (dry run) on sim time from config/bringup/replay.yaml and
 the bag with `magma-ros replay` (publishing /clock), as `magma-ros up` + `magma-ros replay` do.
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, ExecuteProcess
 from launch.substitutions import LaunchConfiguration
 
+from launch import LaunchDescription
 from magma_ros.launch_support import bringup_launch_description
 
 

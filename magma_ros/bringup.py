@@ -16,6 +16,7 @@ Format::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import MutableMapping
@@ -133,7 +134,5 @@ def apply_local_dds_profile(env: MutableMapping[str, str] = os.environ) -> None:
         return
     if env.get("FASTDDS_DEFAULT_PROFILES_FILE") or env.get("FASTRTPS_DEFAULT_PROFILES_FILE"):
         return
-    try:
+    with contextlib.suppress(BringupError):   # no data files: Fast DDS's defaults
         env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(resolve("config/fastdds_local.xml"))
-    except BringupError:
-        pass

@@ -16,9 +16,10 @@ def bringup_launch_description(default_bringup: str, rviz: bool = False) -> Any:
 
     ``rviz:=true`` also starts RViz with config/magma.rviz (traces, overlay, EE pose).
     """
-    from launch import LaunchDescription
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
     from launch.substitutions import LaunchConfiguration
+
+    from launch import LaunchDescription
 
     def nodes(context: Any) -> list[Any]:
         from launch_ros.actions import Node
