@@ -325,12 +325,15 @@ class BagPlayer(Node):
     def _flush(self, timeout_s: float = 2.0) -> None:
         """Give reliable subscribers time to receive the last messages before the process exits."""
         deadline = time.monotonic() + timeout_s
-        for route in self._routes.values():
+        publishers = [r.publisher for r in self._routes.values()]
+        if self._clock_pub is not None:   # the final /clock too: nodes on sim time wait for it
+            publishers.append(self._clock_pub)
+        for publisher in publishers:
             left = deadline - time.monotonic()
             if left <= 0 or not self.context.ok():
                 return
             try:
-                route.publisher.wait_for_all_acked(Duration(nanoseconds=int(left * 1e9)))
+                publisher.wait_for_all_acked(Duration(nanoseconds=int(left * 1e9)))
             except Exception:  # best-effort publishers / shutdown: nothing to wait for
                 continue
 
