@@ -77,8 +77,11 @@ def test_replay_through_policy_and_bridge(graph: RosGraph, spawn, tmp_path: Path
     frame_stamps = {T0 + int((i + 1) / FRAME_HZ * 1e9) for i in range(FRAMES)}
     policy = nodes["magma_policy_node"]
     stamps = [p.header.stamp.sec * 10**9 + p.header.stamp.nanosec for p in predictions]
-    # One Prediction per processed frame, each answering a recorded frame, in recorded order.
-    assert len(stamps) == policy.counters["processed"] >= FRAMES // 2, policy.counters
+    # One Prediction per processed frame, each answering a recorded frame, in recorded order. On a
+    # loaded machine the newest-frame rule may skip frames (counted); every frame is accounted for.
+    c = policy.counters
+    assert len(stamps) == c["processed"] >= 3, c
+    assert c["received"] == c["processed"] + c["dropped_newer_frame"] + c["stale"] + c["rejected"], c
     assert set(stamps) <= frame_stamps and stamps == sorted(stamps)
     assert policy.counters["stale"] == 0   # sim time from /clock: recorded frames are fresh
     # ... and a command stream to Servo in the robot's base frame, driven by those steps.
