@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import signal
@@ -72,6 +73,12 @@ class RosGraph:
             node.destroy_node()
         rclpy.try_shutdown(context=self.context)
         self._thread.join(timeout=2.0)
+        # Free the DDS participant now: left to the garbage collector, tearing it down can stall
+        # the interpreter for a noticeable time in the middle of a later, timing-sensitive test.
+        self.executor = None  # type: ignore[assignment]
+        self.nodes.clear()
+        self.context.destroy()
+        gc.collect()
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
