@@ -77,3 +77,16 @@ def trace_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, di
     losses = fit(policy, examples, steps=60, lr=3e-3)
     assert losses[-1] < 0.1, losses[-10:]
     return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("magma_tiny_traces")), future
+
+
+RERUNS = 2
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests against live DDS graphs share 2 CPU cores with the nodes they test, and some measure
+    time (rates, watchdogs, stream ends). A busy moment can push one over a bound, so each gets
+    up to RERUNS more tries; a real regression fails every try."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.flaky(reruns=RERUNS, reruns_delay=1))
