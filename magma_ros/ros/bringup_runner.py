@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.task import Future
 
 from magma_ros.bringup import Bringup
 from magma_ros.executables import NODES
+from magma_ros.ros.runtime import spin_nodes
 
 
 def node_class(executable: str) -> type[Node]:
@@ -25,26 +24,6 @@ def create_nodes(bringup: Bringup) -> list[Node]:
 
 
 def run_bringup(bringup: Bringup, duration_s: float = 0.0, threads: int = 4) -> int:
-    """Run until Ctrl-C (or for ``duration_s`` seconds when > 0)."""
-    rclpy.init()
-    nodes: list[Node] = []
-    try:
-        nodes = create_nodes(bringup)
-        executor = MultiThreadedExecutor(num_threads=threads)
-        for node in nodes:
-            executor.add_node(node)
-        if duration_s > 0:
-            executor.spin_until_future_complete(Future(), timeout_sec=duration_s)
-        else:
-            executor.spin()
-        executor.shutdown(timeout_sec=2.0)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        for node in nodes:
-            close = getattr(node, "close", None)
-            if callable(close):
-                close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    """Run until Ctrl-C (or for ``duration_s`` seconds when > 0), closing every node on the way out."""
+    factories = [functools.partial(node_class(n.executable), cli_args=n.ros_args()) for n in bringup.nodes]
+    return spin_nodes(factories, args=[], threads=threads, duration_s=duration_s)

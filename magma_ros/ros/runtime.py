@@ -25,6 +25,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
+from rclpy.task import Future
 
 from magma_ros.contract import ContractError, NodeParameters, QosName, Topic
 
@@ -68,13 +69,11 @@ def declare_parameters(node: Node, parameters_cls: type[P]) -> P:
         raise
 
 
-def run_node(factory: Callable[..., Node], args: Sequence[str] | None = None, threads: int = 2) -> int:
-    """Init rclpy, spin one node on a multi-threaded executor, shut down cleanly.
+def init_rclpy(args: Sequence[str] | None = None) -> None:
+    """rclpy.init with our signal handling: SIGINT/SIGTERM raise KeyboardInterrupt.
 
-    Ctrl-C, SIGTERM and external shutdown end it with exit code 0; a node that fails
-    to construct (bad parameters) ends it with 1. rclpy's own signal handler would shut
-    the context down before the node's ``close()`` runs; ours raises KeyboardInterrupt
-    instead, so ``close()`` can still publish (the bridge's final zero twists).
+    rclpy's own handler shuts the context down before the nodes' ``close()`` runs; with
+    ours, ``close()`` can still publish (the bridge's final zero twists).
     """
     init_args = list(args) if args is not None else sys.argv
     try:
@@ -85,24 +84,46 @@ def run_node(factory: Callable[..., Node], args: Sequence[str] | None = None, th
         rclpy.init(args=init_args)
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    node: Node | None = None
+
+
+def spin_nodes(factories: Sequence[Callable[[], Node]], args: Sequence[str] | None = None, threads: int = 2,
+               duration_s: float = 0.0) -> int:
+    """Init rclpy, build the nodes, spin them on one multi-threaded executor, shut down cleanly.
+
+    Runs until Ctrl-C, SIGTERM or external shutdown (exit code 0), or for ``duration_s``
+    seconds when > 0. A node that fails to construct (bad parameters) ends it with 1.
+    Every node's ``close()`` (if it has one) runs before the context shuts down.
+    """
+    init_rclpy(args)
+    nodes: list[Node] = []
+    executor = MultiThreadedExecutor(num_threads=threads)
     try:
-        node = factory()
-        executor = MultiThreadedExecutor(num_threads=threads)
-        executor.add_node(node)
-        executor.spin()
+        for factory in factories:
+            nodes.append(factory())
+            executor.add_node(nodes[-1])
+        if duration_s > 0:
+            executor.spin_until_future_complete(Future(), timeout_sec=duration_s)
+        else:
+            executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ContractError:
         return 1
     finally:
-        if node is not None:
+        for node in nodes:
             close = getattr(node, "close", None)
             if callable(close):
                 close()
+        executor.shutdown(timeout_sec=2.0)
+        for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def run_node(factory: Callable[..., Node], args: Sequence[str] | None = None, threads: int = 2) -> int:
+    """The ``main()`` of every node executable: :func:`spin_nodes` with one node."""
+    return spin_nodes([factory], args, threads)
 
 
 def _interrupt(signum: int, frame: object) -> None:
