@@ -23,7 +23,6 @@ from magma_ros.codecs import (
 
 MARK_GRID = (3, 4)          # rows x cols of candidate marks for Trace-of-Mark queries
 TRACE_MAX_NEW_TOKENS = 384
-STATISTICS_FILE = "dataset_statistics.json"
 
 
 class TorchBackend(PolicyBackend):
@@ -39,6 +38,7 @@ class TorchBackend(PolicyBackend):
                  trace_max_new_tokens: int = TRACE_MAX_NEW_TOKENS) -> None:
         from magma_ros.codecs import CodecError
         from magma_ros.model import GREEDY, MagmaModelError, MagmaPolicy, Sampling
+        from magma_ros.model.loading import STATISTICS_FILE
 
         directory = Path(checkpoint)
         stats_file = directory / STATISTICS_FILE
