@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,76 +16,19 @@ from magma_ros.bags import (
     BagReader,
     BagWriter,
     CorruptBagError,
+    IncompleteBagError,
     open_bag,
-    typestore_for,
     write_bag,
 )
-
-T0 = 1_700_000_000 * 10**9          # recording start (ns since the epoch)
-STORAGES = ("mcap", "sqlite3")
-SUFFIX = {"mcap": ".mcap", "sqlite3": ".db3"}
-UNKNOWN_TOPIC, UNKNOWN_TYPE = "/acme/widget", "acme_msgs/msg/Widget"
-
-
-def image_bytes(index: int, width: int, height: int) -> bytes:
-    """A frame whose every byte depends on the frame index (content checks)."""
-    return ((np.arange(width * height * 3, dtype=np.uint32) + index * 7) % 251).astype(np.uint8).tobytes()
-
-
-def sample_records(n_images: int = 20, image_hz: float = 20.0, width: int = 64, height: int = 48,
-                   joint_hz: float = 50.0, unknown_type: bool = False, typestore: Any = None,
-                   ) -> list[tuple[str, str, int, Any]]:
-    """An imitation-learning-like episode: camera, instruction, joint states, EE pose (+ an unknown type).
-
-    Header stamps equal the recording times, so receivers can check order and content.
-    """
-    ts = typestore or typestore_for("kilted")
-    t = ts.types
-
-    def header(stamp: int, frame: str) -> Any:
-        sec, nsec = divmod(stamp, 10**9)
-        return t["std_msgs/msg/Header"](stamp=t["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec),
-                                        frame_id=frame)
-
-    duration = int(n_images / image_hz * 1e9)
-    instruction = t["std_msgs/msg/String"](data="pick up the red cube")
-    records: list[tuple[str, str, int, Any]] = [(contract.INSTRUCTION.name, contract.INSTRUCTION.type, T0, instruction)]
-    for i in range(n_images):
-        stamp = T0 + int(i / image_hz * 1e9) + 1000
-        records.append((contract.CAMERA_IMAGE.name, contract.CAMERA_IMAGE.type, stamp, t["sensor_msgs/msg/Image"](
-            header=header(stamp, "camera_color_optical_frame"), height=height, width=width, encoding="rgb8",
-            is_bigendian=0, step=width * 3, data=np.frombuffer(image_bytes(i, width, height), np.uint8))))
-        records.append((contract.EE_POSE.name, contract.EE_POSE.type, stamp + 500, t["geometry_msgs/msg/PoseStamped"](
-            header=header(stamp + 500, "base_link"),
-            pose=t["geometry_msgs/msg/Pose"](position=t["geometry_msgs/msg/Point"](x=float(i), y=0.0, z=0.5),
-                                             orientation=t["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0,
-                                                                                          w=1.0)))))
-    for k in range(int(duration / 1e9 * joint_hz)):
-        stamp = T0 + int(k / joint_hz * 1e9) + 2000
-        records.append((contract.JOINT_STATES.name, contract.JOINT_STATES.type, stamp, t["sensor_msgs/msg/JointState"](
-            header=header(stamp, ""), name=["joint1", "joint2"], position=np.array([0.01 * k, -0.01 * k]),
-            velocity=np.zeros(0), effort=np.zeros(0))))
-    if unknown_type:
-        records.append((UNKNOWN_TOPIC, UNKNOWN_TYPE, T0 + 3000, t[UNKNOWN_TYPE](size=3)))
-    return sorted(records, key=lambda r: r[2])
-
-
-def custom_typestore() -> Any:
-    """The Kilted typestore plus a type no ROS install here has (to exercise 'skipped' paths)."""
-    from rosbags.typesys import get_types_from_msg
-
-    ts = typestore_for("kilted")
-    ts.register(get_types_from_msg("uint32 size", UNKNOWN_TYPE))
-    return ts
-
-
-def cut(source: Path, target: Path, fraction: float | None = None, keep: int | None = None) -> Path:
-    """Copy a bag directory with its storage file truncated (to a fraction or a byte count)."""
-    shutil.copytree(source, target)
-    (storage,) = [p for p in target.iterdir() if p.suffix in (".mcap", ".db3")]
-    data = storage.read_bytes()
-    storage.write_bytes(data[: keep if keep is not None else int(len(data) * (fraction or 0))])
-    return target
+from tests.bag_fixtures import (
+    STORAGES,
+    UNKNOWN_TOPIC,
+    custom_typestore,
+    cut,
+    image_bytes,
+    recorded,
+    sample_records,
+)
 
 
 @pytest.fixture(scope="module", params=STORAGES)
@@ -95,10 +36,6 @@ def bag(request, tmp_path_factory) -> tuple[Path, list]:
     records = sample_records(n_images=12, width=320, height=240)  # 230 kB frames: several mcap chunks
     path = write_bag(tmp_path_factory.mktemp("bags") / f"episode_{request.param}", records, storage=request.param)
     return path, records
-
-
-def recorded(records: list) -> list[tuple[str, int]]:
-    return [(topic, stamp) for topic, _, stamp, _ in records]
 
 
 def test_round_trip_keeps_order_times_types_and_content(bag) -> None:
@@ -183,15 +120,36 @@ def test_unreadable_bags_raise_corrupt_bag_error(kind, bag, tmp_path) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_truncated_mcap_yields_the_complete_prefix_with_a_warning(tmp_path) -> None:
+def test_truncated_mcap_yields_the_complete_prefix_and_says_how_many_are_missing(tmp_path) -> None:
     records = sample_records(n_images=12, width=320, height=240)
     path = write_bag(tmp_path / "full", records, storage="mcap")
     damaged = cut(path, tmp_path / "cut", fraction=0.6)
+    got: list[tuple[str, int]] = []
+    with pytest.raises(IncompleteBagError) as info, BagReader(damaged) as reader:
+        assert any("truncated" in w for w in reader.warnings)
+        got.extend((m.topic, m.timestamp) for m in reader.messages())
+    assert 0 < len(got) < len(records)
+    assert got == recorded(records)[: len(got)]
+    result = info.value.result
+    assert (result.announced, result.stored, result.read) == (len(records), len(got), len(got))
+    assert result.lost == len(records) - len(got)
+    assert str(info.value) == (
+        f"bag {damaged}: read {len(got)} of {len(records)} messages (metadata.yaml announces {len(records)}, the "
+        f"storage files hold {len(got)}); {len(records) - len(got)} unreadable: {len(records) - len(got)} announced "
+        f"but not in the storage files (full.mcap is truncated (recording interrupted?); read up to its last "
+        f"complete record (byte 1156654 of 1666943))")
+
+
+def test_truncated_mcap_without_metadata_has_nothing_to_compare_with(tmp_path) -> None:
+    """A recorder killed mid-write leaves no metadata.yaml: the readable part is all there is (warned)."""
+    records = sample_records(n_images=12, width=320, height=240)
+    damaged = cut(write_bag(tmp_path / "full", records, storage="mcap"), tmp_path / "cut", fraction=0.6)
+    (damaged / "metadata.yaml").unlink()
     with BagReader(damaged) as reader:
         assert any("truncated" in w for w in reader.warnings)
         got = [(m.topic, m.timestamp) for m in reader.messages()]
-    assert 0 < len(got) < len(records)
-    assert got == recorded(records)[: len(got)]
+        result = reader.result()
+    assert got == recorded(records)[:20] and result.announced is None and result.complete
 
 
 def test_truncated_mcap_without_a_complete_message_is_corrupt(tmp_path) -> None:
@@ -202,8 +160,10 @@ def test_truncated_mcap_without_a_complete_message_is_corrupt(tmp_path) -> None:
 
 def test_truncated_sqlite_is_a_named_error(tmp_path) -> None:
     path = write_bag(tmp_path / "full", sample_records(n_images=12, width=320, height=240), storage="sqlite3")
-    with pytest.raises(CorruptBagError, match="cut"), BagReader(cut(path, tmp_path / "cut", fraction=0.5)) as reader:
+    with pytest.raises(CorruptBagError, match="cut") as info, \
+            BagReader(cut(path, tmp_path / "cut", fraction=0.5)) as reader:
         list(reader.messages())
+    assert "\n" not in str(info.value)
 
 
 @pytest.fixture(scope="module")

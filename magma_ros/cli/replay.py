@@ -1,9 +1,12 @@
 """`magma-ros replay BAG`: publish a rosbag2 recording into the graph, with /clock.
 
 The bag is opened (and its errors reported) before rclpy is imported, so a wrong
-path fails fast with one line. Exit codes: 0 played (or Ctrl-C), 1 the bag is
-missing or corrupt (a bag damaged part-way is played up to the damage first),
-2 bad options.
+path fails fast with one line. Exit codes: 0 every message of the played topics
+was played (or Ctrl-C), 1 the bag is missing or unreadable, or messages could not be
+read (everything readable is played first; one line says how many and why), 2 bad
+options (including topics asked for by name that cannot be played). Streams that
+cannot be decoded (e.g. service events whose stored definition is a .srv) are skipped
+with one warning line giving their counts.
 """
 
 from __future__ import annotations
@@ -68,8 +71,10 @@ def run(args: argparse.Namespace) -> int:
     except BagError as err:
         return _fail(str(err), 1)
     with bag:
-        print(f"magma-ros replay: {bag.path} ({bag.storage}, {bag.message_count} msgs, "
-              f"{bag.duration_ns / 1e9:.2f} s, {len(bag.connections)} topics) at rate {args.rate}", flush=True)
+        announced = "" if bag.announced is None else f", metadata.yaml announces {bag.announced}"
+        print(f"magma-ros replay: {bag.path} ({bag.storage}, {len(bag.files)} file(s), {bag.message_count} msgs"
+              f"{announced}, {bag.duration_ns / 1e9:.2f} s, {len(bag.connections)} topics) at rate {args.rate}",
+              flush=True)
         from magma_ros.ros.bag_player import ReplayError, ReplayOptions, play
 
         try:
@@ -78,9 +83,11 @@ def run(args: argparse.Namespace) -> int:
                                     restamp=args.restamp, delay_s=args.delay,
                                     wait_for_subscribers_s=args.wait_for_subscribers,
                                     progress_period_s=args.progress)
-            play(bag, options)
+            stats = play(bag, options)
         except ReplayError as err:
             return _fail(str(err), 2)
         except BagError as err:
             return _fail(str(err), 1)
+        if stats.passes:
+            print(f"magma-ros replay: {bag.result().line()}", flush=True)
     return 0

@@ -22,6 +22,13 @@ With ``loop`` the clock jumps back to the bag start on each pass, as ``ros2 bag 
 Progress (percentage of bag time, messages/s) is reported every
 ``progress_period_s``, then a summary line.
 
+Completeness: playback starts at the first stored message (metadata.yaml's
+``starting_time`` can be later) and the reader accounts for every message the bag
+announces (:meth:`magma_ros.bags.BagReader.result`). Damage is played around: when a
+pass could not read everything, playback ends with a one-line
+:class:`~magma_ros.bags.IncompleteBagError` (how many, why) after every readable message
+was published. Topics requested by name that cannot be played are refused up front.
+
 QoS: a topic named in the contract gets the contract's profile (the stack subscribes
 with it); other topics get what the recorded publishers offered, else reliable
 (keep-last 10). As with a live publisher, a subscriber slower than the stream loses
@@ -166,9 +173,9 @@ class BagPlayer(Node):
     def _make_routes(self) -> list[BagConnection]:
         o = self.options
         wanted = set(o.topics) or {c.topic for c in self.bag.connections}
-        missing = sorted(set(o.topics) - {c.topic for c in self.bag.connections})
-        if missing:
-            self.get_logger().warning(f"topics not in the bag, ignored: {', '.join(missing)}")
+        unplayable = {u.topic: u.reason for u in self.bag.skipped if u.topic in o.topics}
+        unplayable.update({t: "not in the bag" for t in sorted(set(o.topics) - {c.topic for c in self.bag.connections})
+                           if t not in unplayable})
         selected = []
         for conn in self.bag.connections:
             if conn.topic not in wanted:
@@ -186,10 +193,14 @@ class BagPlayer(Node):
             header_first = o.restamp and self.bag.starts_with_header(conn.msgtype)
             self._routes[(conn.topic, conn.msgtype)] = _Route(topic, msg_cls, publisher, header_first)
             selected.append(conn)
+        unplayable.update({t: why for t, why in self.skipped.items() if t in o.topics})
         if self.skipped:
             self.get_logger().warning("skipping: " + "; ".join(f"{t} ({why})" for t, why in self.skipped.items()))
         if not selected and self.bag.message_count:
             raise ReplayError(f"nothing to play: no playable topic among {', '.join(sorted(wanted))}")
+        if unplayable:  # the user asked for these by name: refuse rather than play less than asked
+            raise ReplayError("cannot play requested topic(s): " + "; ".join(
+                f"{t} ({why})" for t, why in sorted(unplayable.items())))
         if self.bag.message_count and o.start_offset_s * 1e9 > self.bag.duration_ns:
             raise ReplayError(f"start offset {o.start_offset_s} s is past the end of the bag "
                               f"({self.bag.duration_ns / 1e9:.2f} s)")
@@ -248,7 +259,10 @@ class BagPlayer(Node):
         self._publish_clock(start_ns)
         progress = _Progress(self.report, o.progress_period_s, wall0)
         played = 0
-        for msg in self.bag.messages(self._selected, start_ns=start_ns):
+        # From the first stored message (not metadata.yaml's starting_time), unless an offset is asked
+        # for: a time window would also keep the read from accounting for every message.
+        window_start = start_ns if o.start_offset_s > 0 else None
+        for msg in self.bag.messages(self._selected, start_ns=window_start):
             if o.rate > 0 and not self._wait_until(wall0 + (msg.timestamp - start_ns) / 1e9 / o.rate,
                                                    wall0, start_ns, progress, span_ns):
                 return False
