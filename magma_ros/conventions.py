@@ -49,6 +49,7 @@ __all__ = [
     "delta_to_twist",
     "gripper_command",
     "integrate_steps",
+    "pose_deltas",
     "quat_from_rotvec",
     "quat_from_rpy",
     "quat_multiply",
@@ -257,8 +258,15 @@ def relative_steps(positions: np.ndarray, quaternions: np.ndarray,
     q = _normalized(_vector(quaternions, 4, "quaternions"))
     if p.ndim != 2 or q.shape[0] != p.shape[0]:
         raise ConventionError(f"need (N, 3) positions and (N, 4) quaternions, got {p.shape} and {q.shape}")
-    q_rel = quat_multiply(q[1:], _conjugate(q[:-1]))
-    return np.concatenate([p[1:] - p[:-1], _rotation_of(q_rel, convention)], axis=1)
+    return pose_deltas(p[:-1], q[:-1], p[1:], q[1:], convention)
+
+
+def pose_deltas(p_from: np.ndarray, q_from: np.ndarray, p_to: np.ndarray, q_to: np.ndarray,
+                convention: str = ROTATION_BASE_ROTVEC) -> np.ndarray:
+    """(N, 6) steps that take each pose ``(p_from, q_from)`` to ``(p_to, q_to)`` (see :func:`relative_steps`)."""
+    q_rel = quat_multiply(_normalized(q_to), _conjugate(_normalized(q_from)))
+    return np.concatenate([np.asarray(p_to, dtype=np.float64) - np.asarray(p_from, dtype=np.float64),
+                           _rotation_of(q_rel, convention)], axis=-1)
 
 
 def integrate_steps(position: Sequence[float], quaternion: Sequence[float], steps: np.ndarray,

@@ -280,3 +280,18 @@ def depth_to_meters(msg: Any) -> np.ndarray:
         metres[~np.isfinite(metres) | (metres <= 0)] = np.nan
         return metres
     raise ImageConversionError(f"{msg.encoding} is not a depth encoding (16UC1, mono16 or 32FC1)")
+
+
+def resize_frame(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize an (H, W, 3) frame to size x size like ``PIL.Image.resize`` (bicubic) does.
+
+    The one resize of the policy's input frames (magma_ros.model.policy) and of the training
+    frames the dataset builder writes, so a model sees the same pixels in training and serving.
+    """
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    from PIL import Image
+
+    if image.dtype != np.uint8:
+        image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from magma_ros.image_codec import resize_frame  # torch-free, shared with the dataset builder
 from magma_ros.model.config import PreprocessorConfig
 from magma_ros.model.errors import ConfigError, GenerationError
 from magma_ros.model.generation import (
@@ -79,17 +80,6 @@ class PreparedInputs:
     image_size: tuple[int, int] | None
     preprocess_ms: float
     vision_ms: float
-
-
-def resize_frame(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize an (H, W, 3) frame to size x size like ``PIL.Image.resize`` (bicubic) does."""
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    from PIL import Image
-
-    if image.dtype != np.uint8:
-        image = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
 
 
 class MagmaPolicy:

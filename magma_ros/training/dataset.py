@@ -76,6 +76,7 @@ __all__ = [
     "TrajectoryDataset",
     "decode_image",
     "encode_image",
+    "write_episode_file",
 ]
 
 IMAGE_FORMATS = ("png", "jpeg")
@@ -229,43 +230,24 @@ class DatasetWriter:
                       actions: np.ndarray, states: np.ndarray, instructions: str | Sequence[str],
                       metadata: Mapping[str, Any] | None = None, source: str = "") -> EpisodeEntry:
         """Write one episode (images as RGB arrays, or bytes already encoded in ``image_format``)."""
-        pa, pq = _pyarrow()
-        if not _NAME.match(episode_id or ""):
-            raise DatasetError(f"episode id {episode_id!r} must be letters, digits, '_', '.', '-'")
-        n = len(stamps_ns)
-        acts = np.asarray(actions, dtype=np.float64).reshape(-1, ACTION_DIM) if n else np.zeros((0, ACTION_DIM))
-        sts = np.asarray(states, dtype=np.float64).reshape(-1, STATE_DIM) if n else np.zeros((0, STATE_DIM))
-        texts = [instructions] * n if isinstance(instructions, str) else list(instructions)
-        if n == 0:
-            raise DatasetError(f"episode {episode_id}: no steps to write")
-        if not (len(images) == len(acts) == len(sts) == len(texts) == n):
-            raise DatasetError(f"episode {episode_id}: {n} stamps, {len(images)} images, {len(acts)} actions, "
-                               f"{len(sts)} states, {len(texts)} instructions")
-        if not (np.all(np.isfinite(acts)) and np.all(np.isfinite(sts))):
-            raise DatasetError(f"episode {episode_id}: non-finite action or state values are never written")
-        encoded = [img if isinstance(img, bytes) else encode_image(img, self.image_format, self.jpeg_quality)
-                   for img in images]
-        table = pa.table({
-            "step": pa.array(np.arange(n, dtype=np.int32)),
-            "stamp_ns": pa.array(np.asarray(stamps_ns, dtype=np.int64)),
-            "image": pa.array(encoded, type=pa.binary()),
-            "action": pa.FixedSizeListArray.from_arrays(pa.array(acts.reshape(-1)), ACTION_DIM),
-            "state": pa.FixedSizeListArray.from_arrays(pa.array(sts.reshape(-1)), STATE_DIM),
-            "instruction": pa.array(texts, type=pa.string()),
-        })
-        meta = dict(metadata or {})
-        table = table.replace_schema_metadata({EPISODE_METADATA_KEY: json.dumps(
-            {"episode_id": episode_id, "source": source, **meta}).encode()})
-        relative = f"{STEPS_DIR}/{episode_id}.parquet"
-        path = self.root / relative
-        tmp = path.with_name(path.name + ".tmp")
-        # images are already compressed; zstd still shrinks the numeric columns
-        pq.write_table(table, tmp, compression="zstd", row_group_size=256)
-        os.replace(tmp, path)
-        entry = EpisodeEntry(episode_id, relative, n, source, meta)
-        self._entries[episode_id] = entry
-        self._save_index()
+        entry = write_episode_file(self.root, episode_id, stamps_ns=stamps_ns, images=images, actions=actions,
+                                   states=states, instructions=instructions, metadata=metadata, source=source,
+                                   image_format=self.image_format, jpeg_quality=self.jpeg_quality)
+        self.add_entry(entry)
         return entry
+
+    def add_entry(self, entry: EpisodeEntry) -> None:
+        """List an episode whose file :func:`write_episode_file` wrote (e.g. in a worker process)."""
+        if not (self.root / entry.file).is_file():
+            raise DatasetError(f"{self.root / entry.file}: episode file missing")
+        self._entries[entry.episode_id] = entry
+        self._save_index()
+
+    def order(self, episode_ids: Sequence[str]) -> None:
+        """Put these episodes first, in this order (the rest keep theirs after them)."""
+        first = {i: self._entries[i] for i in episode_ids if i in self._entries}
+        self._entries = {**first, **{k: v for k, v in self._entries.items() if k not in first}}
+        self._save_index()
 
     def read_actions(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per-episode (n, 7) actions and states of every listed episode (no images read)."""
@@ -294,6 +276,51 @@ class DatasetWriter:
         if self.spec:
             self._index["spec"] = self.spec
         _write_json(self.root / DATASET_FILE, self._index)
+
+
+def write_episode_file(root: str | Path, episode_id: str, *, stamps_ns: Sequence[int],
+                       images: Sequence[np.ndarray | bytes], actions: np.ndarray, states: np.ndarray,
+                       instructions: str | Sequence[str], metadata: Mapping[str, Any] | None = None,
+                       source: str = "", image_format: str = "png", jpeg_quality: int = 95) -> EpisodeEntry:
+    """Write ``root/episodes/<episode_id>.parquet`` (atomically) and return its index entry.
+
+    Safe to call from worker processes; the caller lists the entry with :meth:`DatasetWriter.add_entry`.
+    Non-finite actions or states are refused (never written).
+    """
+    pa, pq = _pyarrow()
+    if not _NAME.match(episode_id or ""):
+        raise DatasetError(f"episode id {episode_id!r} must be letters, digits, '_', '.', '-'")
+    n = len(stamps_ns)
+    if n == 0:
+        raise DatasetError(f"episode {episode_id}: no steps to write")
+    acts = np.asarray(actions, dtype=np.float64).reshape(-1, ACTION_DIM)
+    sts = np.asarray(states, dtype=np.float64).reshape(-1, STATE_DIM)
+    texts = [instructions] * n if isinstance(instructions, str) else list(instructions)
+    if not (len(images) == len(acts) == len(sts) == len(texts) == n):
+        raise DatasetError(f"episode {episode_id}: {n} stamps, {len(images)} images, {len(acts)} actions, "
+                           f"{len(sts)} states, {len(texts)} instructions")
+    if not (np.all(np.isfinite(acts)) and np.all(np.isfinite(sts))):
+        raise DatasetError(f"episode {episode_id}: non-finite action or state values are never written")
+    encoded = [img if isinstance(img, bytes) else encode_image(img, image_format, jpeg_quality) for img in images]
+    table = pa.table({
+        "step": pa.array(np.arange(n, dtype=np.int32)),
+        "stamp_ns": pa.array(np.asarray(stamps_ns, dtype=np.int64)),
+        "image": pa.array(encoded, type=pa.binary()),
+        "action": pa.FixedSizeListArray.from_arrays(pa.array(acts.reshape(-1)), ACTION_DIM),
+        "state": pa.FixedSizeListArray.from_arrays(pa.array(sts.reshape(-1)), STATE_DIM),
+        "instruction": pa.array(texts, type=pa.string()),
+    })
+    meta = dict(metadata or {})
+    table = table.replace_schema_metadata({EPISODE_METADATA_KEY: json.dumps(
+        {"episode_id": episode_id, "source": source, **meta}).encode()})
+    relative = f"{STEPS_DIR}/{episode_id}.parquet"
+    path = Path(root) / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    # images are already compressed; zstd still shrinks the numeric columns
+    pq.write_table(table, tmp, compression="zstd", row_group_size=256)
+    os.replace(tmp, path)
+    return EpisodeEntry(episode_id, relative, n, source, meta)
 
 
 def _matrix(column: Any, width: int) -> np.ndarray:

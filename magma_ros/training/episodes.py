@@ -1,0 +1,444 @@
+"""One recorded episode (a rosbag2 + its metadata) -> training steps at the spec's control rate.
+
+How a bag becomes steps (``DatasetSpec`` names the topics):
+
+1. **Step times.** Camera frames are resampled to the control rate: a frame becomes a step
+   when it is at least 0.9 step periods after the previous step (so a 30 Hz camera and a 10 Hz
+   spec keep every third frame, and stamp jitter never skips one). The step's time is the
+   frame's stamp (header stamp, or the bag's recording time with ``alignment.stamps: recorded``).
+2. **Alignment.** Every other input at a step time ``t`` is its nearest earlier sample, at most
+   ``alignment.max_skew_s`` old. A step whose state at ``t`` or at ``t + T`` (``T``: step period)
+   is missing or too old is dropped and counted (``no_state``), as is one whose frame does not
+   decode (``bad_image``). State samples with a non-finite pose are dropped on reading
+   (``bad_pose``) and so never become steps.
+3. **Labels.** ``action[:6]`` = the EE motion from ``t`` to ``t + T`` in the base frame
+   (:func:`magma_ros.conventions.pose_deltas`: translation difference and the relative rotation
+   in the spec's ``rotation_convention``); ``action[6]`` = the gripper opening commanded during
+   the step (the latest command stamped before ``t + T``; for a finger joint source, the
+   opening reached at ``t + T`` with hysteresis). ``state`` = the pose at ``t`` (xyz, extrinsic
+   rpy) and the gripper opening at ``t``.
+
+Bags are read through :mod:`magma_ros.bags`: a bag that cannot be read completely (truncated,
+corrupt, a damaged chunk) raises :class:`EpisodeError` with one line saying why, so the
+builder skips it rather than train on a silently shortened episode. ROS-free.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from magma_ros.bags import BagError, BagReader
+from magma_ros.conventions import EpisodeMetadata, gripper_command, pose_deltas, quat_to_rpy
+from magma_ros.training.records import DatasetError
+from magma_ros.training.spec import DatasetSpec
+
+__all__ = ["Episode", "EpisodeError", "episode_id_for", "find_bags", "read_episode"]
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+_STEP_FRACTION = 0.9
+_STORAGE_SUFFIXES = (".mcap", ".db3", ".zstd")
+
+
+class EpisodeError(DatasetError):
+    """A recording cannot become an episode (unreadable, incomplete, lacks a topic...); one line why."""
+
+
+@dataclass
+class Episode:
+    """The steps of one episode, ready for :class:`~magma_ros.training.dataset.DatasetWriter`.
+
+    ``images`` are (H, W, 3) uint8 RGB, already resized to the spec's size. ``dropped`` counts
+    steps (and samples) left out, by reason.
+    """
+
+    episode_id: str
+    source: str
+    stamps_ns: np.ndarray
+    images: list[np.ndarray]
+    actions: np.ndarray
+    states: np.ndarray
+    instructions: list[str]
+    metadata: EpisodeMetadata
+    dropped: Counter[str] = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.stamps_ns)
+
+
+# ------------------------------------------------------------------------------- discovery
+def _is_bag(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix in _STORAGE_SUFFIXES
+    return path.is_dir() and ((path / "metadata.yaml").is_file()
+                              or any(p.suffix in _STORAGE_SUFFIXES for p in path.iterdir() if p.is_file()))
+
+
+def find_bags(paths: list[str | Path]) -> list[Path]:
+    """Bags named on the command line: a bag directory or storage file, or a folder of bag directories."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise EpisodeError(f"no such bag or directory: {path}")
+        if _is_bag(path):
+            found.append(path)
+            continue
+        inner = sorted(p for p in path.rglob("*") if p.is_dir() and _is_bag(p))
+        if not inner:
+            raise EpisodeError(f"{path} holds no rosbag2 recording")
+        found.extend(inner)
+    unique: list[Path] = []
+    for p in found:
+        if p.resolve() not in {u.resolve() for u in unique}:
+            unique.append(p)
+    return unique
+
+
+def episode_id_for(bag: Path) -> str:
+    """A file-name-safe id from the bag's name (``episode_0003``, ``run7.mcap`` -> ``run7``)."""
+    name = bag.name
+    for suffix in (".zstd", ".mcap", ".db3"):
+        name = name.removesuffix(suffix)
+    safe = "".join(c if c.isalnum() or c in "_.-" else "_" for c in name).lstrip("._-")
+    return safe or "episode"
+
+
+# ----------------------------------------------------------------------------------- reading
+class _Series:
+    """Samples of one input, sorted by time: nearest-earlier lookups."""
+
+    def __init__(self) -> None:
+        self.stamps: list[int] = []
+        self.values: list[Any] = []
+
+    def add(self, stamp: int, value: Any) -> None:
+        self.stamps.append(stamp)
+        self.values.append(value)
+
+    def sort(self) -> None:
+        if any(b < a for a, b in zip(self.stamps, self.stamps[1:], strict=False)):
+            order = sorted(range(len(self.stamps)), key=self.stamps.__getitem__)
+            self.stamps = [self.stamps[i] for i in order]
+            self.values = [self.values[i] for i in order]
+
+    def at(self, t: int, max_age: int | None) -> Any:
+        """Latest value stamped at or before ``t`` (no older than ``max_age`` ns when given); None if none."""
+        i = bisect.bisect_right(self.stamps, t) - 1
+        if i < 0 or (max_age is not None and t - self.stamps[i] > max_age):
+            return None
+        return self.values[i]
+
+    def before(self, t: int) -> Any:
+        """Latest value stamped strictly before ``t``; None if none."""
+        i = bisect.bisect_left(self.stamps, t) - 1
+        return self.values[i] if i >= 0 else None
+
+    def __len__(self) -> int:
+        return len(self.stamps)
+
+
+def _ns(stamp: Any) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _header_stamp(data: bytes) -> int:
+    """Header stamp of a raw CDR message whose first field is a std_msgs/Header (offset 4)."""
+    sec, nanosec = struct.unpack_from("<iI" if data[1] == 1 else ">iI", data, 4)
+    return sec * 1_000_000_000 + nanosec
+
+
+class _TfTree:
+    """/tf and /tf_static edges, composed parent -> child on request (nearest earlier, within skew)."""
+
+    def __init__(self) -> None:
+        self.dynamic: dict[str, tuple[str, _Series]] = {}
+        self.static: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}
+
+    def add(self, msg: Any, static: bool) -> None:
+        for tf in msg.transforms:
+            t, r = tf.transform.translation, tf.transform.rotation
+            p, q = np.array([t.x, t.y, t.z]), np.array([r.x, r.y, r.z, r.w])
+            child, parent = tf.child_frame_id.lstrip("/"), tf.header.frame_id.lstrip("/")
+            if static:
+                self.static[child] = (parent, p, q)
+            else:
+                entry = self.dynamic.setdefault(child, (parent, _Series()))
+                entry[1].add(_ns(tf.header.stamp), (p, q))
+
+    def sort(self) -> None:
+        for _, series in self.dynamic.values():
+            series.sort()
+
+    def lookup(self, base: str, ee: str, t: int, max_age: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """base -> ee at ``t`` (ee pose in the base frame), None when a link is missing or too old."""
+        from magma_ros.conventions import quat_multiply
+
+        p, q = np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0])
+        frame, hops = ee.lstrip("/"), 0
+        base = base.lstrip("/")
+        while frame != base:
+            hops += 1
+            if hops > 64:
+                return None
+            if frame in self.static:
+                parent, pe, qe = self.static[frame]
+            elif frame in self.dynamic:
+                parent, series = self.dynamic[frame]
+                sample = series.at(t, max_age)
+                if sample is None:
+                    return None
+                pe, qe = sample
+            else:
+                return None
+            # pose of the ee in parent = edge (parent <- frame) composed with the pose so far
+            p = pe + _rotate(qe, p)
+            q = quat_multiply(qe, q)
+            frame = parent
+        return p, q
+
+
+def _rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:
+    x, y, z, w = q
+    u = np.array([x, y, z])
+    return v + 2.0 * np.cross(u, np.cross(u, v) + w * v)
+
+
+def _gripper_value(spec: DatasetSpec, msg: Any) -> float | None:
+    """The opening (0..1) one gripper message says, or None when it does not name our joints."""
+    g = spec.gripper
+    if g.source == "command":
+        if not msg.points:
+            return None
+        positions = list(msg.points[0].positions)
+        names = list(msg.joint_names)
+        if g.joints:
+            picked = [positions[names.index(j)] for j in g.joints if j in names and names.index(j) < len(positions)]
+            if not picked:
+                return None
+        else:
+            picked = positions[:1]
+        if not picked:
+            return None
+        value = sum(picked) if g.sum_joints else picked[0]
+        return float(g.mapping.opening(value))
+    if g.source == "joint_position":
+        positions = dict(zip(msg.name, msg.position, strict=False))
+        picked = [positions[j] for j in g.joints if j in positions]
+        if len(picked) != len(g.joints):
+            return None
+        value = sum(picked) if g.sum_joints else picked[0]
+        return float(g.mapping.opening(value))
+    if g.source == "bool":
+        return 1.0 if bool(msg.data) == g.open_value else 0.0
+    return float(g.mapping.opening(float(msg.data)))
+
+
+def read_episode(bag_path: str | Path, spec: DatasetSpec, episode_id: str | None = None,
+                 keep_damaged: bool = False) -> Episode:
+    """Read one bag into an :class:`Episode`; raises :class:`EpisodeError` (one line) when it can't."""
+    bag_path = Path(bag_path).expanduser()
+    episode_id = episode_id or episode_id_for(bag_path)
+    metadata = EpisodeMetadata.read(bag_path if bag_path.is_dir() else bag_path.parent) or EpisodeMetadata()
+    if spec.only_successful and metadata.success is False:
+        raise EpisodeError(f"{bag_path}: unsuccessful episode (only_successful is set)")
+    try:
+        with BagReader(bag_path) as bag:
+            if bag.warnings and not keep_damaged:
+                raise EpisodeError(f"{bag_path}: {bag.warnings[0]}")
+            return _read(bag, bag_path, episode_id, spec, metadata)
+    except BagError as err:
+        raise EpisodeError(f"{bag_path}: {' '.join(str(err).split())}") from err
+
+
+def _connection(bag: BagReader, topic: str, types: tuple[str, ...], what: str) -> Any:
+    for conn in bag.connections:
+        if conn.topic == topic and conn.msgtype in types:
+            return conn
+    present = [c for c in bag.connections if c.topic == topic]
+    if present:
+        raise EpisodeError(f"{bag.path}: {what} topic {topic} is a {present[0].msgtype}, expected "
+                           f"{' or '.join(types)}")
+    raise EpisodeError(f"{bag.path}: no {what} topic {topic} in the bag (has: "
+                       f"{', '.join(sorted(c.topic for c in bag.connections))})")
+
+
+_GRIPPER_TYPES = {"command": ("trajectory_msgs/msg/JointTrajectory",),
+                  "joint_position": ("sensor_msgs/msg/JointState",),
+                  "bool": ("std_msgs/msg/Bool",),
+                  "float": ("std_msgs/msg/Float64", "std_msgs/msg/Float32")}
+
+
+def _read(bag: BagReader, bag_path: Path, episode_id: str, spec: DatasetSpec,
+          metadata: EpisodeMetadata) -> Episode:
+    dropped: Counter[str] = Counter()
+    header_stamps = spec.alignment.stamps == "header"
+    image_conn = _connection(bag, spec.image.topic, IMAGE_TYPES, "image")
+    if spec.state.source == "pose":
+        state_conns = [_connection(bag, spec.state.topic, ("geometry_msgs/msg/PoseStamped",), "state")]
+    else:
+        state_conns = [c for c in bag.connections if c.topic in spec.state.tf_topics
+                       and c.msgtype == "tf2_msgs/msg/TFMessage"]
+        if not state_conns:
+            raise EpisodeError(f"{bag_path}: no TF topic ({', '.join(spec.state.tf_topics)}) in the bag")
+    gripper_conn = _connection(bag, spec.gripper.topic, _GRIPPER_TYPES[spec.gripper.source], "gripper")
+    text_conn = None
+    if spec.instruction.source == "topic":
+        text_conn = _connection(bag, spec.instruction.topic, ("std_msgs/msg/String",), "instruction")
+    elif spec.instruction.source == "metadata" and not metadata.instruction.strip():
+        raise EpisodeError(f"{bag_path}: no instruction in its episode metadata (episode.json); set "
+                           "instruction.source to topic or fixed in the spec")
+
+    # pass 1: every input but the image pixels
+    image_stamps: list[int] = []
+    image_has_header = bag.starts_with_header(image_conn.msgtype)
+    poses, grippers, texts, tf = _Series(), _Series(), _Series(), _TfTree()
+    frame_mismatch = 0
+    wanted = [image_conn, *state_conns, gripper_conn] + ([text_conn] if text_conn else [])
+    for message in bag.messages(wanted):
+        topic = message.topic
+        if topic == image_conn.topic:
+            stamp = _header_stamp(message.data) if header_stamps and image_has_header else 0
+            image_stamps.append(stamp or message.timestamp)
+            continue
+        msg = bag.deserialize(message)
+        header = getattr(msg, "header", None)
+        stamp = (_ns(header.stamp) if header_stamps and header is not None else 0) or message.timestamp
+        if spec.state.source == "pose" and topic == spec.state.topic:
+            if msg.header.frame_id.lstrip("/") != spec.base_frame.lstrip("/"):
+                frame_mismatch += 1
+                continue
+            p, o = msg.pose.position, msg.pose.orientation
+            pose = np.array([p.x, p.y, p.z, o.x, o.y, o.z, o.w], dtype=np.float64)
+            if not np.all(np.isfinite(pose)) or np.linalg.norm(pose[3:]) < 1e-6:
+                dropped["bad_pose"] += 1
+                continue
+            poses.add(stamp, (pose[:3], pose[3:] / np.linalg.norm(pose[3:])))
+        elif spec.state.source == "tf" and topic in spec.state.tf_topics:
+            tf.add(msg, static=topic.endswith("_static"))
+        elif topic == spec.gripper.topic:
+            value = _gripper_value(spec, msg)
+            if value is not None and math.isfinite(value):
+                grippers.add(stamp, value)
+        elif text_conn is not None and topic == text_conn.topic:
+            texts.add(stamp, str(msg.data))
+    if frame_mismatch and not len(poses):
+        raise EpisodeError(f"{bag_path}: every EE pose on {spec.state.topic} is in another frame than "
+                           f"base_frame {spec.base_frame!r}")
+    for series in (poses, grippers, texts):
+        series.sort()
+    tf.sort()
+    if text_conn is not None and not len(texts):
+        raise EpisodeError(f"{bag_path}: no instruction message on {spec.instruction.topic}")
+
+    # step times: camera frames resampled to the control rate
+    period = round(spec.step_period_s * 1e9)
+    max_age = round(spec.alignment.max_skew_s * 1e9)
+    order = sorted(range(len(image_stamps)), key=image_stamps.__getitem__)
+    chosen: list[int] = []  # indices into image messages (recording order)
+    last = None
+    for i in order:
+        if last is None or image_stamps[i] - last >= _STEP_FRACTION * period:
+            chosen.append(i)
+            last = image_stamps[i]
+
+    def state_at(t: int) -> tuple[np.ndarray, np.ndarray] | None:
+        if spec.state.source == "pose":
+            return poses.at(t, max_age)
+        return tf.lookup(spec.base_frame, spec.state.ee_frame, t, max_age)
+
+    def gripper_at(t: int, strictly_before: bool) -> float:
+        if spec.gripper.source == "joint_position":
+            value = grippers.at(t, max_age)
+        else:
+            value = grippers.before(t) if strictly_before else grippers.at(t, None)
+        if value is None:
+            return 1.0 if spec.gripper.initial_open else 0.0
+        return float(value)
+
+    steps: list[tuple[int, int, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]] = []
+    for i in chosen:
+        t = image_stamps[i]
+        now, after = state_at(t), state_at(t + period)
+        if now is None or after is None:
+            dropped["no_state"] += 1
+            continue
+        steps.append((i, t, now, after))
+    if not steps:
+        raise EpisodeError(f"{bag_path}: no step has all its inputs ({len(image_stamps)} frame(s), "
+                           f"{len(poses) if spec.state.source == 'pose' else 'tf'} pose(s); "
+                           f"dropped: {dict(dropped) or 'none'})")
+
+    # pass 2: decode only the frames that became steps
+    wanted_frames = {i for i, *_ in steps}
+    frames: dict[int, np.ndarray] = {}
+    notes: list[str] = []
+    index = -1
+    for message in bag.messages([image_conn]):
+        index += 1
+        if index not in wanted_frames:
+            continue
+        try:
+            frames[index] = _frame(bag, message, spec.image.size)
+        except (BagError, ValueError) as err:  # ImageConversionError is a ValueError
+            dropped["bad_image"] += 1
+            if dropped["bad_image"] == 1:
+                notes.append(f"first undecodable frame: {' '.join(str(err).split())}")
+
+    kept = [s for s in steps if s[0] in frames]
+    if not kept:
+        raise EpisodeError(f"{bag_path}: no frame decodes ({dropped['bad_image']} tried)")
+    # gripper hysteresis over the joint source: the state carries over from step to step
+    labels, openings, hysteresis_open = [], [], spec.gripper.initial_open
+    for _, t, _, _ in kept:
+        if spec.gripper.source == "joint_position":
+            g_now = gripper_at(t, False)
+            g_next = gripper_at(t + period, False)
+            if g_next >= spec.gripper.open_threshold:
+                hysteresis_open = True
+            elif g_next <= spec.gripper.close_threshold:
+                hysteresis_open = False
+            labels.append(1.0 if hysteresis_open else 0.0)
+            openings.append(g_now)
+        else:
+            command = gripper_at(t + period, True)
+            labels.append(gripper_command(command))
+            openings.append(gripper_at(t, False))
+    p0 = np.stack([s[2][0] for s in kept])
+    q0 = np.stack([s[2][1] for s in kept])
+    p1 = np.stack([s[3][0] for s in kept])
+    q1 = np.stack([s[3][1] for s in kept])
+    motion = pose_deltas(p0, q0, p1, q1, spec.rotation_convention)
+    actions = np.concatenate([motion, np.asarray(labels)[:, None]], axis=1)
+    states = np.concatenate([p0, quat_to_rpy(q0), np.asarray(openings)[:, None]], axis=1)
+    instructions = [_instruction(spec, metadata, texts, t) for _, t, _, _ in kept]
+    return Episode(episode_id=episode_id, source=str(bag_path), stamps_ns=np.array([s[1] for s in kept],
+                                                                                   dtype=np.int64),
+                   images=[frames[s[0]] for s in kept], actions=actions, states=states,
+                   instructions=instructions, metadata=metadata, dropped=dropped, warnings=[*bag.warnings, *notes])
+
+
+def _instruction(spec: DatasetSpec, metadata: EpisodeMetadata, texts: _Series, t: int) -> str:
+    if spec.instruction.source == "fixed":
+        return spec.instruction.text
+    if spec.instruction.source == "metadata":
+        return metadata.instruction
+    value = texts.at(t, None)
+    return value if value is not None else texts.values[0]
+
+
+def _frame(bag: BagReader, message: Any, size: int) -> np.ndarray:
+    from magma_ros.image_codec import message_to_rgb8, resize_frame
+
+    rgb = message_to_rgb8(bag.deserialize(message))
+    if size:
+        rgb = resize_frame(np.ascontiguousarray(rgb), size)
+    return np.ascontiguousarray(rgb)
