@@ -151,34 +151,146 @@ def read_headers(files: list[Path],
     return located
 
 
-def _set_parameter(model: nn.Module, name: str, value: torch.Tensor) -> None:
+# Segments wrappers add to parameter names; the checkpoint name is the name without them.
+# (activation checkpointing, FSDP1, DDP, peft's PeftModel / LoRA base layer).
+_WRAPPER_SEGMENTS: tuple[str, ...] = ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "_orig_mod.")
+_WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "base_model.model.")
+
+
+def checkpoint_name(name: str) -> str:
+    """The checkpoint key of a (possibly wrapped) model's parameter name: wrapper segments
+    (activation checkpointing, FSDP1, ``torch.compile``, DDP ``module.``, peft
+    ``base_model.model.`` and LoRA ``.base_layer``) removed."""
+    for segment in _WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                changed = True
+    return name.replace(".base_layer.", ".")
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     owner, _, leaf = name.rpartition(".")
-    module = model.get_submodule(owner)
-    module._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+    return (model.get_submodule(owner) if owner else model), leaf
 
 
-def _finish_buffers(model: MagmaForCausalLM, device: torch.device) -> None:
-    """Rebuild non-persistent buffers (rotary frequencies), which the meta build left empty."""
-    body = model.language_model.model
-    body.rotary_emb = LlamaRotaryEmbedding(config=model.language_model.config).to(device)
+def _finish_buffers(model: nn.Module, device: torch.device) -> None:
+    """Rebuild non-persistent buffers (rotary frequencies), which a meta build leaves empty."""
+    for module in list(model.modules()):   # always: after ``to_empty`` they hold garbage, not meta
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, LlamaRotaryEmbedding):
+                setattr(module, child_name, LlamaRotaryEmbedding(config=child.config).to(device))
     leftovers = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftovers:
         raise CheckpointError(f"model tensors were never materialized: {_listing(leftovers)}")
 
 
-def load_checkpoint(directory: str | Path, dtype: str | torch.dtype = "float32",
-                    device: str | torch.device = "cpu", strict: bool = True) -> LoadedCheckpoint:
-    """Load a published Magma checkpoint directory.
+@dataclass
+class OpenedCheckpoint:
+    """A checkpoint directory read and checked, weights not loaded yet (first half of
+    :func:`load_checkpoint`): ``model`` is built on the ``meta`` device (no storage), so a
+    trainer can apply LoRA / FSDP / activation checkpointing before :meth:`load_weights`
+    materializes the weights (the torchtitan pattern). :meth:`build_meta_model` builds
+    another empty copy (e.g. for an export)."""
 
-    ``dtype``: fp32 / bf16 / fp16 for all weights. ``device``: where they live.
-    ``strict``: unknown unexpected keys are an error (else only reported).
-    Raises CheckpointError (files, tensors), TokenizerError, ConfigError; every message
-    names the file, field or tensor at fault.
+    directory: Path
+    model: MagmaForCausalLM
+    tokenizer: MagmaTokenizer
+    config: MagmaConfig
+    preprocessor: PreprocessorConfig
+    dataset_statistics: Mapping[str, Any] | None
+    vision_spec: ConvNeXtSpec
+    files: tuple[Path, ...]
+    located: dict[str, tuple[SafetensorsFile, TensorEntry]]
+    unexpected: tuple[str, ...]
+    ignored: tuple[str, ...]
+    notes: tuple[str, ...]
+    started: float
+
+    def build_meta_model(self) -> MagmaForCausalLM:
+        with torch.device("meta"):
+            return MagmaForCausalLM(self.config, self.vision_spec)
+
+    def load_weights(self, model: nn.Module | None = None, dtype: str | torch.dtype = "float32",
+                     device: str | torch.device = "cpu", requires_grad: bool = False) -> LoadReport:
+        """Read every parameter of ``model`` (default :attr:`model`) from the weight files,
+        one tensor at a time, straight into ``dtype`` on ``device``.
+
+        ``model`` may be wrapped (activation checkpointing, peft LoRA, FSDP ``fully_shard``):
+        names are matched through :func:`checkpoint_name`. A parameter still on the meta
+        device is replaced by the loaded tensor (no second copy); an allocated one (e.g.
+        after ``to_empty``, or a DTensor shard after ``fully_shard``) is copied into, each
+        rank keeping its shard. Parameters the checkpoint cannot hold (LoRA adapters,
+        ``lora_`` in the name) are left alone. ``requires_grad``: the flag of every loaded
+        parameter (False for inference, True to train them).
+        """
+        target_dtype = resolve_dtype(dtype)
+        target_device = torch.device(device)
+        model = self.model if model is None else model
+        tied = self.config.text.tie_word_embeddings
+        by_key: dict[str, list[str]] = {}
+        for name, _ in model.named_parameters(remove_duplicate=False):
+            if "lora_" in name:
+                continue
+            by_key.setdefault(checkpoint_name(name), []).append(name)
+        lm_head = "language_model.lm_head.weight"
+        missing = [k for k in by_key if k not in self.located and not (tied and k == lm_head)]
+        if missing:
+            raise CheckpointError(f"{self.directory}: {len(missing)} parameter(s) of the model are not in the "
+                                  f"weight files: {_listing(missing)}")
+        count = 0
+        for st in {id(st): st for st, _ in self.located.values()}.values():
+            for key, tensor in st.iter_tensors(set(by_key)):
+                if tensor.is_floating_point():
+                    tensor = tensor.to(device=target_device, dtype=target_dtype)
+                else:
+                    tensor = tensor.to(device=target_device)
+                for name in by_key[key]:
+                    _assign(model, name, tensor, requires_grad)
+                count += 1
+        if tied and lm_head not in self.located:
+            for name in by_key.get(lm_head, []):
+                owner, leaf = _owner(model, name)
+                embed = by_key["language_model.model.embed_tokens.weight"][0]
+                embed_owner, embed_leaf = _owner(model, embed)
+                setattr(owner, leaf, getattr(embed_owner, embed_leaf))
+        _finish_buffers(model, target_device)
+        return LoadReport(
+            checkpoint=self.directory, weight_files=tuple(p.name for p in self.files), num_tensors=count,
+            missing=(), unexpected=self.unexpected, ignored=self.ignored, vision_spec=self.vision_spec,
+            dtype=target_dtype, device=target_device, notes=self.notes,
+            seconds=time.perf_counter() - self.started,
+        )
+
+
+def _assign(model: nn.Module, name: str, value: torch.Tensor, requires_grad: bool) -> None:
+    owner, leaf = _owner(model, name)
+    current = owner._parameters[leaf]
+    if current is None or current.is_meta:
+        owner._parameters[leaf] = nn.Parameter(value, requires_grad=requires_grad and value.is_floating_point())
+        return
+    with torch.no_grad():
+        if hasattr(current, "device_mesh") and hasattr(current, "placements"):   # a DTensor shard (FSDP2)
+            from torch.distributed.tensor import distribute_tensor
+
+            value = distribute_tensor(value.to(current.device_mesh.device_type), current.device_mesh,
+                                      current.placements, src_data_rank=None)
+        current.copy_(value)
+    current.requires_grad_(requires_grad and current.is_floating_point())
+
+
+def open_checkpoint(directory: str | Path, strict: bool = True) -> OpenedCheckpoint:
+    """Read and check a checkpoint directory and build its model on the ``meta`` device.
+
+    Everything :func:`load_checkpoint` checks is checked here, before any weight data is
+    read. Raises CheckpointError (files, tensors), TokenizerError, ConfigError.
     """
     t0 = time.perf_counter()
     directory = Path(directory)
-    target_dtype = resolve_dtype(dtype)
-    target_device = torch.device(device)
     if not directory.is_dir():
         raise CheckpointError(f"{directory}: checkpoint directory not found")
     config_path = directory / CONFIG_FILE
@@ -230,25 +342,31 @@ def load_checkpoint(directory: str | Path, dtype: str | torch.dtype = "float32",
     ]
     if mismatched:
         raise CheckpointError(f"{directory}: shape mismatch: {_listing(mismatched)}")
-
-    wanted = set(expected)
-    count = 0
-    for st in {id(st): st for st, _ in located.values()}.values():
-        for name, tensor in st.iter_tensors(wanted):
-            if tensor.is_floating_point():
-                tensor = tensor.to(device=target_device, dtype=target_dtype)
-            else:
-                tensor = tensor.to(device=target_device)
-            _set_parameter(model, name, tensor)
-            count += 1
-    if tied and "language_model.lm_head.weight" not in located:
-        model.language_model.lm_head.weight = model.language_model.model.embed_tokens.weight
-    _finish_buffers(model, target_device)
-    model.eval()
-    report = LoadReport(
-        checkpoint=directory, weight_files=tuple(p.name for p in files), num_tensors=count,
-        missing=(), unexpected=tuple(unexpected), ignored=tuple(ignored), vision_spec=vision.spec,
-        dtype=target_dtype, device=target_device, notes=tuple(notes), seconds=time.perf_counter() - t0,
+    return OpenedCheckpoint(
+        directory=directory, model=model, tokenizer=tokenizer, config=model.config, preprocessor=preprocessor,
+        dataset_statistics=statistics, vision_spec=vision.spec, files=tuple(files), located=located,
+        unexpected=tuple(unexpected), ignored=tuple(ignored), notes=tuple(notes), started=t0,
     )
-    return LoadedCheckpoint(model=model, tokenizer=tokenizer, config=model.config, preprocessor=preprocessor,
-                            dataset_statistics=statistics, report=report)
+
+
+def load_checkpoint(directory: str | Path, dtype: str | torch.dtype = "float32",
+                    device: str | torch.device = "cpu", strict: bool = True,
+                    trainable: bool = False) -> LoadedCheckpoint:
+    """Load a published Magma checkpoint directory: :func:`open_checkpoint` (checks, meta
+    build) then :meth:`OpenedCheckpoint.load_weights`.
+
+    ``dtype``: fp32 / bf16 / fp16 for all weights. ``device``: where they live.
+    ``strict``: unknown unexpected keys are an error (else only reported).
+    ``trainable``: parameters require grad and the model is left in train mode (default:
+    frozen, eval mode, for inference).
+    Raises CheckpointError (files, tensors), TokenizerError, ConfigError; every message
+    names the file, field or tensor at fault.
+    """
+    target_dtype = resolve_dtype(dtype)
+    opened = open_checkpoint(directory, strict=strict)
+    report = opened.load_weights(dtype=target_dtype, device=device, requires_grad=trainable)
+    model = opened.model
+    model.train(trainable)
+    return LoadedCheckpoint(model=model, tokenizer=opened.tokenizer, config=model.config,
+                            preprocessor=opened.preprocessor, dataset_statistics=opened.dataset_statistics,
+                            report=report)

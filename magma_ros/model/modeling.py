@@ -16,6 +16,7 @@ Parameter names match the published checkpoint: ``vision_tower.clip_vision_model
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -27,6 +28,51 @@ from magma_ros.model.projector import MagmaProjector
 from magma_ros.model.vision import ConvNeXtSpec, MagmaVisionTower
 
 ImageSize = tuple[int, int]  # (rows, cols) of the crop grid
+IGNORE_INDEX = -100  # label of a position that is not scored (prompt, image, padding)
+
+
+@dataclass(frozen=True)
+class MergedBatch:
+    """A padded batch after the image merge (right padding, like Magma's tokenizer).
+
+    ``inputs_embeds`` (B, L', hidden); ``attention_mask`` (B, L') 1 = real position;
+    ``position_ids`` (B, L') running count of each row's merged sequence; ``token_index``
+    (B, L') the position in ``input_ids`` a merged position came from (-1 for image
+    features and padding), so per-token labels can follow the merge.
+    """
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    token_index: torch.Tensor
+
+    def merge_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B, L) per-token labels -> (B, L') labels of the merged sequence (IGNORE_INDEX on
+        image features and padding)."""
+        index = self.token_index.to(labels.device)
+        gathered = labels.gather(1, index.clamp(min=0))
+        return gathered.masked_fill(index < 0, IGNORE_INDEX)
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    """:meth:`MagmaForCausalLM.forward_batch` result.
+
+    ``loss``: mean over examples of each example's mean answer-token cross-entropy (examples
+    weigh the same whatever their answer length, so data-parallel ranks and gradient
+    accumulation average to the combined batch exactly); None without labels.
+    ``logits``: float32 logits of the scored positions only, (N, vocab), in row-major order
+    (``labels`` given), else of every position (B, L', vocab). ``targets``: the token each
+    scored position predicts (N,). ``example_index``: the example of each scored position (N,).
+    ``per_example_loss``: (B,) mean cross-entropy per example (NaN for an example without
+    scored tokens).
+    """
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+    targets: torch.Tensor | None
+    example_index: torch.Tensor | None
+    per_example_loss: torch.Tensor | None
 
 
 def num_image_tokens(rows: int, cols: int, grid: int, row_separator: bool = True) -> int:
@@ -141,6 +187,99 @@ class MagmaForCausalLM(nn.Module):
             start = pos + 1
         pieces.append(text[start:])
         return torch.cat(pieces, dim=0).unsqueeze(0)
+
+    def merge_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    image_features: Sequence[torch.Tensor] = ()) -> MergedBatch:
+        """Embed a right-padded batch ``input_ids`` (B, L) and replace its ``<image>`` tokens by
+        ``image_features`` (one per ``<image>`` token, in row-major order over the batch).
+
+        ``attention_mask`` (B, L): 1 for real tokens; they must come first in each row (right
+        padding). Default: all real. Each row is merged exactly as :meth:`embed` merges one
+        sequence; rows are then right-padded with zeros to the longest merged row.
+        """
+        if input_ids.dim() != 2:
+            raise GenerationError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+        ids = input_ids.to(self.device)
+        mask = (torch.ones_like(ids) if attention_mask is None else attention_mask.to(self.device)).bool()
+        if mask.shape != ids.shape:
+            raise GenerationError(f"attention_mask shape {tuple(mask.shape)} differs from input_ids "
+                                  f"{tuple(ids.shape)}")
+        lengths = mask.sum(dim=1)
+        if not torch.equal(mask, torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]):
+            raise GenerationError("attention_mask must be right padding: ones then zeros in every row")
+        is_image = (ids == self.image_token_index) & mask
+        if int(is_image.sum()) != len(image_features):
+            raise GenerationError(
+                f"the batch holds {int(is_image.sum())} <image> token(s) (id {self.image_token_index}) "
+                f"but {len(image_features)} image(s) were given"
+            )
+        text = self.embed_tokens(ids.masked_fill(is_image | ~mask, 0))   # (B, L, hidden)
+        rows, sources, feature_iter = [], [], iter(image_features)
+        for b in range(ids.shape[0]):
+            n = int(lengths[b])
+            positions = torch.nonzero(is_image[b, :n]).flatten().tolist()
+            pieces, index, start = [], [], 0
+            for pos in positions:
+                feats = next(feature_iter).to(text.dtype)
+                pieces += [text[b, start:pos], feats]
+                index += [torch.arange(start, pos, device=ids.device),
+                          torch.full((feats.shape[0],), -1, device=ids.device, dtype=torch.long)]
+                start = pos + 1
+            pieces.append(text[b, start:n])
+            index.append(torch.arange(start, n, device=ids.device))
+            rows.append(torch.cat(pieces, dim=0))
+            sources.append(torch.cat(index))
+        width = max(r.shape[0] for r in rows)
+        embeds = text.new_zeros(len(rows), width, text.shape[-1])
+        token_index = torch.full((len(rows), width), -1, dtype=torch.long, device=ids.device)
+        merged_mask = torch.zeros(len(rows), width, dtype=torch.long, device=ids.device)
+        for b, (row, source) in enumerate(zip(rows, sources, strict=True)):
+            embeds[b, :row.shape[0]] = row
+            token_index[b, :row.shape[0]] = source
+            merged_mask[b, :row.shape[0]] = 1
+        positions = torch.arange(width, device=ids.device).expand(len(rows), width)
+        return MergedBatch(embeds, merged_mask, positions, token_index)
+
+    def forward_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      pixel_values: torch.Tensor | None = None, image_sizes: Sequence[ImageSize] = (),
+                      labels: torch.Tensor | None = None) -> BatchOutput:
+        """Batched forward for training and scoring.
+
+        ``input_ids`` / ``attention_mask`` / ``labels``: (B, L), right padded; ``labels`` holds
+        the token each position should be (``IGNORE_INDEX`` where unscored, e.g. the prompt);
+        position t's logits are scored against ``labels[t + 1]`` (the usual shift happens
+        here). ``pixel_values``: the crops of every image of the batch in order (row-major
+        over the batch), ``image_sizes`` one (rows, cols) per image, as in :meth:`image_features`.
+        With ``labels`` only the scored positions go through ``lm_head`` (a 128k-row head on
+        every position of every example is the largest activation of a Magma-8B step).
+        A batch of one unpadded example gives the logits :meth:`forward` gives.
+        """
+        feats = self.image_features(pixel_values, image_sizes) if pixel_values is not None else []
+        merged = self.merge_batch(input_ids, attention_mask, feats)
+        body = self.language_model.model(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask,
+                                         position_ids=merged.position_ids, use_cache=False)
+        hidden = body.last_hidden_state
+        head = self.language_model.lm_head
+        if labels is None:
+            return BatchOutput(None, head(hidden).float(), None, None, None)
+        merged_labels = merged.merge_labels(labels.to(self.device))
+        targets = torch.full_like(merged_labels, IGNORE_INDEX)
+        targets[:, :-1] = merged_labels[:, 1:]
+        scored = targets != IGNORE_INDEX
+        example_index = torch.nonzero(scored)[:, 0]
+        logits = head(hidden[scored]).float()
+        flat_targets = targets[scored]
+        token_loss = nn.functional.cross_entropy(logits, flat_targets, reduction="none")
+        batch = input_ids.shape[0]
+        counts = torch.zeros(batch, device=logits.device).index_add_(0, example_index, torch.ones_like(token_loss))
+        sums = torch.zeros(batch, device=logits.device, dtype=token_loss.dtype).index_add_(0, example_index,
+                                                                                          token_loss)
+        per_example = sums / counts
+        has = counts > 0
+        if not bool(has.any()):
+            raise GenerationError("labels score no position: every example needs at least one answer token")
+        loss = per_example[has].mean()
+        return BatchOutput(loss, logits, flat_targets, example_index, per_example)
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 image_sizes: Sequence[ImageSize] = ()) -> torch.Tensor:
