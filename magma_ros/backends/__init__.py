@@ -7,6 +7,7 @@ from magma_ros.backends.base import (
     PolicyBackend,
     PolicyOutput,
     StageTimings,
+    output_gripper_command,
 )
 from magma_ros.backends.factory import create_backend
 
@@ -18,4 +19,5 @@ __all__ = [
     "PolicyOutput",
     "StageTimings",
     "create_backend",
+    "output_gripper_command",
 ]

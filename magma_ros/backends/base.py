@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from magma_ros.codecs import Mark, TracePoints
+from magma_ros.codecs import GRIPPER_DIM, GripperHysteresis, Mark, TracePoints
 
 ACTION_DIMS = 7
 
@@ -41,7 +41,9 @@ class PolicyOutput:
 
     ``valid`` is False when no usable action came out (``error`` says why); then
     ``action`` must not be commanded. ``action`` holds metres / radians for dims
-    0..5 and the gripper command 0 (closed) .. 1 (open) in dim 6.
+    0..5 and the decoded gripper value in dim 6 (0 closed .. 1 open, Magma's bin centre:
+    ~0.0 for a closed token, 0.996 for an open one; turn it into a command with
+    :func:`output_gripper_command`).
     """
 
     valid: bool
@@ -58,6 +60,15 @@ class PolicyOutput:
     @classmethod
     def failure(cls, error: str, timings: StageTimings = StageTimings(), raw_text: str = "") -> PolicyOutput:
         return cls(valid=False, error=error, timings=timings, raw_text=raw_text)
+
+
+def output_gripper_command(hysteresis: GripperHysteresis, output: PolicyOutput) -> float:
+    """The gripper command (1.0 open, 0.0 closed) the policy node sends for one output.
+
+    A valid output feeds its decoded gripper value (dim 6) to ``hysteresis``; an invalid one
+    holds the current state.
+    """
+    return hysteresis.update(float(output.action[GRIPPER_DIM])) if output.valid else float(hysteresis.is_open)
 
 
 class PolicyBackend(abc.ABC):

@@ -23,6 +23,7 @@ from magma_ros.codecs import (
 
 MARK_GRID = (3, 4)          # rows x cols of candidate marks for Trace-of-Mark queries
 TRACE_MAX_NEW_TOKENS = 384
+NO_TIMINGS = StageTimings()
 
 
 class TorchBackend(PolicyBackend):
@@ -64,11 +65,16 @@ class TorchBackend(PolicyBackend):
             step = self.policy.predict_action(rgb, instruction, self.sampling)
         except MagmaModelError as err:
             return PolicyOutput.failure(f"model: {err}")
-        timings = _timings(step.timings)
-        decoded = self.codec.decode(step.token_ids, self.statistics)
+        return self.output_from_tokens(step.token_ids, step.text, _timings(step.timings))
+
+    def output_from_tokens(self, token_ids: tuple[int, ...], raw_text: str = "",
+                           timings: StageTimings = NO_TIMINGS) -> PolicyOutput:
+        """Decode 7 generated action token ids (Magma's conventions, see ``codecs.actions``)
+        into the :class:`PolicyOutput` :meth:`act` returns; invalid ids give a failure."""
+        decoded = self.codec.decode(token_ids, self.statistics)
         if not decoded.valid:
-            return PolicyOutput.failure(f"undecodable action: {decoded.error}", timings, step.text)
-        return PolicyOutput(valid=True, raw_text=step.text, token_ids=tuple(step.token_ids),
+            return PolicyOutput.failure(f"undecodable action: {decoded.error}", timings, raw_text)
+        return PolicyOutput(valid=True, raw_text=raw_text, token_ids=tuple(token_ids),
                             normalized=np.asarray(decoded.normalized, np.float32),
                             action=np.asarray(decoded.action, np.float32),
                             statistics=self.statistics.name, timings=timings)

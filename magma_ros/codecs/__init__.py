@@ -1,7 +1,8 @@
 """ROS-free codecs between Magma's text/token outputs and robot-usable values.
 
-* :mod:`.actions` — 7 action tokens <-> normalized <-> metric actions, statistics sets,
-  gripper mapping and hysteresis.
+* :mod:`.actions` — 7 action tokens <-> binned values <-> metric actions (Magma's exact
+  conventions), with :mod:`.action_statistics` (q01/q99/mask sets) and :mod:`.gripper`
+  (raw gripper labels, binarization at 0.5, hysteresis).
 * :mod:`.marks` — Set-of-Mark: place, draw and parse numbered marks.
 * :mod:`.traces` — Trace-of-Mark: query text, answer parsing/formatting, trace drawing.
 * :mod:`.grid` — the 256 x 256 text coordinate grid shared by marks and traces.
@@ -14,6 +15,7 @@ from .action_statistics import (
     ACTION_DIM,
     ACTION_DIM_NAMES,
     BRIDGE_ORIG,
+    DEFAULT_MASK,
     GOOGLE_ROBOT,
     GRIPPER_DIM,
     PUBLISHED_STATISTICS,
@@ -33,7 +35,7 @@ from .grid import (
     pixel_point_to_grid,
     pixel_to_grid,
 )
-from .gripper import GripperHysteresis, gripper_from_normalized, gripper_to_normalized
+from .gripper import GRIPPER_THRESHOLD, GripperHysteresis, binarize_gripper, gripper_label
 from .marks import (
     Mark,
     MarkParse,
@@ -65,11 +67,13 @@ __all__ = [
     "ACTION_DIM",
     "ACTION_DIM_NAMES",
     "BRIDGE_ORIG",
+    "DEFAULT_MASK",
     "DEFAULT_N_BINS",
     "DEFAULT_TOM_STEPS",
     "GOOGLE_ROBOT",
     "GRID_SIZE",
     "GRIPPER_DIM",
+    "GRIPPER_THRESHOLD",
     "LLAMA3_BASE_VOCAB_SIZE",
     "PUBLISHED_STATISTICS",
     "TRACE_END",
@@ -91,6 +95,7 @@ __all__ = [
     "TraceParse",
     "TracePoints",
     "assign_mark_ids",
+    "binarize_gripper",
     "build_tom_query",
     "draw_marks",
     "draw_traces",
@@ -98,8 +103,7 @@ __all__ = [
     "format_traces",
     "grid_point_to_pixel",
     "grid_to_pixel",
-    "gripper_from_normalized",
-    "gripper_to_normalized",
+    "gripper_label",
     "load_dataset_statistics",
     "mark_style",
     "parse_marks",

@@ -1,10 +1,18 @@
-"""Per-dataset action statistics (1st and 99th percentiles) used to (un)normalize actions.
+"""Per-dataset action statistics: the percentiles (and mask) that (un)normalize actions.
 
-Magma normalizes the six motion dimensions of an action to ``[-1, 1]`` with the
-dataset's q01 / q99 percentiles. Two published sets are built in (``bridge_orig`` and
-``google_robot``); fine-tuned checkpoints ship others in ``dataset_statistics.json``
-with the layout ``{name: {"action": {"q01": [7 numbers], "q99": [7 numbers]}}}``
-(other keys such as ``mean``, ``std`` or ``mask`` are ignored).
+Magma normalizes an action dimension to ``[-1, 1]`` with the dataset's q01 / q99
+percentiles only where the set's ``mask`` is true; the published sets (and any set whose
+file has no ``mask``) normalize dims 0..5 and never the gripper (dim 6), whose raw label
+(0 = closed, 1 = open) is binned as it is. Two published sets are built in at full
+precision (``bridge_orig`` and ``google_robot``, as Microsoft's SimplerEnv agent carries
+them); fine-tuned checkpoints ship others in ``dataset_statistics.json``::
+
+    {name: {"action": {"q01": [7], "q99": [7], "mean": [7], "std": [7], "min": [7],
+                       "max": [7], "mask": [7 booleans]}, ...}, ...}
+
+``q01`` and ``q99`` are required; ``mean``, ``std``, ``min``, ``max`` and ``mask`` are
+optional (validated when present); other keys (``num_transitions``, ``proprio``...) are
+ignored.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +34,7 @@ __all__ = [
     "ACTION_DIM",
     "ACTION_DIM_NAMES",
     "BRIDGE_ORIG",
+    "DEFAULT_MASK",
     "GOOGLE_ROBOT",
     "GRIPPER_DIM",
     "PUBLISHED_STATISTICS",
@@ -37,10 +47,15 @@ ACTION_DIM = 7
 """Number of action dimensions (and of action tokens per action)."""
 
 GRIPPER_DIM = 6
-"""Index of the gripper dimension (not un-normalized with the statistics)."""
+"""Index of the gripper dimension (never normalized with the statistics)."""
 
 ACTION_DIM_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 """dx, dy, dz in metres (robot base frame), droll, dpitch, dyaw in radians, gripper 0..1 (1 = open)."""
+
+DEFAULT_MASK: tuple[bool, ...] = (True,) * GRIPPER_DIM + (False,)
+"""Which dims are normalized when a set names no ``mask``: dims 0..5, never the gripper."""
+
+_OPTIONAL_FIELDS = ("mean", "std", "min", "max")
 
 
 def _as_values(name: str, field: str, values: object) -> tuple[float, ...]:
@@ -51,7 +66,7 @@ def _as_values(name: str, field: str, values: object) -> tuple[float, ...]:
         raise StatisticsError(f"statistics {name!r}: {field} has {len(values)} values, expected {ACTION_DIM}")
     out = []
     for i, value in enumerate(values):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise StatisticsError(f"statistics {name!r}: {field}[{i}] is not a number: {value!r}")
         if not math.isfinite(float(value)):
             raise StatisticsError(f"statistics {name!r}: {field}[{i}] is not finite: {value!r}")
@@ -59,17 +74,38 @@ def _as_values(name: str, field: str, values: object) -> tuple[float, ...]:
     return tuple(out)
 
 
+def _as_mask(name: str, values: object) -> tuple[bool, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+        raise StatisticsError(f"statistics {name!r}: mask must be a list of {ACTION_DIM} booleans, "
+                              f"got {type(values).__name__}")
+    if len(values) != ACTION_DIM:
+        raise StatisticsError(f"statistics {name!r}: mask has {len(values)} values, expected {ACTION_DIM}")
+    out = []
+    for i, value in enumerate(values):
+        if not isinstance(value, (bool, np.bool_)):
+            raise StatisticsError(f"statistics {name!r}: mask[{i}] is not a boolean: {value!r}")
+        out.append(bool(value))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class ActionStatistics:
-    """A named q01 / q99 statistics set: 7 finite values each, ``q01 <= q99`` per dimension.
+    """A named statistics set: q01 / q99 (7 finite values each, ``q01 <= q99`` per dimension),
+    the normalization ``mask`` (default :data:`DEFAULT_MASK`) and optionally mean, std, min, max.
 
-    Lists are stored as tuples so the object is immutable and hashable. Raises
-    ``StatisticsError`` naming the set and field when the values are malformed.
+    Only ``q01``, ``q99`` and ``mask`` take part in encoding and decoding. Lists are stored as
+    tuples so the object is immutable and hashable. Raises ``StatisticsError`` naming the set
+    and field when the values are malformed.
     """
 
     name: str
     q01: tuple[float, ...]
     q99: tuple[float, ...]
+    mask: tuple[bool, ...] = DEFAULT_MASK
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    min: tuple[float, ...] | None = None
+    max: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         q01 = _as_values(self.name, "q01", self.q01)
@@ -82,6 +118,11 @@ class ActionStatistics:
             )
         object.__setattr__(self, "q01", q01)
         object.__setattr__(self, "q99", q99)
+        object.__setattr__(self, "mask", _as_mask(self.name, self.mask))
+        for field in _OPTIONAL_FIELDS:
+            value = getattr(self, field)
+            if value is not None:
+                object.__setattr__(self, field, _as_values(self.name, field, value))
 
     @property
     def q01_array(self) -> np.ndarray:
@@ -93,20 +134,39 @@ class ActionStatistics:
         """q99 as a new float64 array of shape (7,)."""
         return np.array(self.q99, dtype=np.float64)
 
+    @property
+    def mask_array(self) -> np.ndarray:
+        """mask as a new bool array of shape (7,): True where a dimension is normalized."""
+        return np.array(self.mask, dtype=bool)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``"action"`` object of ``dataset_statistics.json`` (fields that are set, mask always)."""
+        out: dict[str, Any] = {"q01": list(self.q01), "q99": list(self.q99)}
+        for field in _OPTIONAL_FIELDS:
+            value = getattr(self, field)
+            if value is not None:
+                out[field] = list(value)
+        out["mask"] = list(self.mask)
+        return out
+
 
 BRIDGE_ORIG = ActionStatistics(
     name="bridge_orig",
-    q01=(-0.028727, -0.041703, -0.026094, -0.080921, -0.092887, -0.207183, 0.0),
-    q99=(0.028310, 0.040855, 0.040162, 0.081920, 0.077929, 0.203826, 1.0),
+    q01=(-0.02872725307941437, -0.04170349963009357, -0.026093858778476715, -0.08092105075716972,
+         -0.09288699507713317, -0.20718276381492615, 0.0),
+    q99=(0.028309678435325586, 0.040855254605412394, 0.040161586627364146, 0.08192047759890528,
+         0.07792850524187081, 0.20382574498653397, 1.0),
 )
-"""Published statistics of BridgeData V2 (WidowX, about 5 Hz)."""
+"""Published statistics of BridgeData V2 (WidowX, about 5 Hz), full precision."""
 
 GOOGLE_ROBOT = ActionStatistics(
     name="google_robot",
-    q01=(-0.224535, -0.148200, -0.231590, -0.351799, -0.419301, -0.436435, 0.0),
-    q99=(0.178247, 0.149384, 0.218424, 0.589267, 0.352727, 0.447967, 1.0),
+    q01=(-0.22453527510166169, -0.14820013284683228, -0.231589707583189, -0.3517994859814644,
+         -0.4193011274933815, -0.43643461108207704, 0.0),
+    q99=(0.17824687153100965, 0.14938379630446405, 0.21842354819178575, 0.5892666035890578,
+         0.35272657424211445, 0.44796681255102094, 1.0),
 )
-"""Published statistics of the Google robot (RT-1 / fractal) data."""
+"""Published statistics of the Google robot (RT-1 / fractal) data, full precision."""
 
 PUBLISHED_STATISTICS: Mapping[str, ActionStatistics] = MappingProxyType(
     {BRIDGE_ORIG.name: BRIDGE_ORIG, GOOGLE_ROBOT.name: GOOGLE_ROBOT}
@@ -117,9 +177,10 @@ PUBLISHED_STATISTICS: Mapping[str, ActionStatistics] = MappingProxyType(
 def load_dataset_statistics(path: str | PathLike[str]) -> dict[str, ActionStatistics]:
     """Read every statistics set from a ``dataset_statistics.json`` file.
 
-    Layout: ``{name: {"action": {"q01": [7 numbers], "q99": [7 numbers], ...}, ...}}``.
-    Raises ``StatisticsError`` naming the file and the offending field when the file is
-    missing, is not valid JSON, or any entry is malformed.
+    Layout: ``{name: {"action": {"q01": [7 numbers], "q99": [7 numbers], "mask": [7 booleans],
+    "mean"/"std"/"min"/"max": [7 numbers]}, ...}}``; only q01 and q99 are required (a missing
+    ``mask`` means :data:`DEFAULT_MASK`). Raises ``StatisticsError`` naming the file and the
+    offending field when the file is missing, is not valid JSON, or any entry is malformed.
     """
     file = Path(path)
     try:
@@ -143,7 +204,9 @@ def load_dataset_statistics(path: str | PathLike[str]) -> dict[str, ActionStatis
             if field not in action:
                 raise StatisticsError(f"{file}: {name}.action.{field} is missing")
         try:
-            result[name] = ActionStatistics(name=name, q01=action["q01"], q99=action["q99"])
+            optional = {field: action[field] for field in (*_OPTIONAL_FIELDS, "mask")
+                        if action.get(field) is not None}
+            result[name] = ActionStatistics(name=name, q01=action["q01"], q99=action["q99"], **optional)
         except StatisticsError as err:
             raise StatisticsError(f"{file}: {name}.action: {err}") from err
     return result

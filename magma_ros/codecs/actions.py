@@ -1,22 +1,28 @@
-"""Magma's 7-DoF action tokens <-> normalized values <-> metric actions.
+"""Magma's 7-DoF action tokens <-> binned values <-> metric actions.
 
-Contract (from the Magma / OpenVLA action scheme):
+Contract (magma-reference.md, "Actions (7-DoF)", checked against Microsoft's training
+and SimplerEnv agent code; ``V`` = ``base_vocab_size``, the tokenizer's BASE vocabulary,
+128000 for LLaMA-3, never the padded embedding size):
 
-* 256 bin edges evenly spaced over ``[-1, 1]``; the 255 bin centres are the decoded
-  normalized values (bin width ``2 / 255``).
-* Normalized value ``n`` falls in bin ``d`` (``edges[d] <= n < edges[d+1]``, clipped to
-  ``0 .. 254``; ``n = 1`` lands in bin 254) and is written as token id
-  ``base_vocab_size - 1 - d``. ``base_vocab_size`` is the tokenizer's BASE vocabulary
-  (128000 for LLaMA-3), never the (padded) embedding size.
+* Edges: ``linspace(-1, 1, 256)``; bin centres: the 255 midpoints (bin width ``2 / 255``).
+* Binned value ``x`` per dimension (:meth:`ActionCodec.normalize`): where the statistics
+  ``mask`` is true (dims 0..5 of the published sets and of any set without a mask)
+  ``x = clip(2 * (a - q01) / (q99 - q01) - 1, -1, 1)``; a dimension with ``q99 == q01``
+  gives ``x = 0``. Where the mask is false (always the gripper, dim 6) the raw value passes
+  through unnormalized: a closed gripper label 0.0 is ``x = 0``, an open one 1.0 is ``x = 1``.
+* Encoding (training labels): ``id = V - digitize(clip(x, -1, 1), edges)`` with numpy
+  ``digitize`` semantics (``right=False``: ``edges[i-1] <= x < edges[i]`` gives ``i``). So
+  ``x = -1`` -> ``V - 1``, ``x = 0`` (closed gripper) -> ``V - 128``, ``x >= 1`` (saturated,
+  open gripper) -> ``V - 256``.
+* Decoding: ``d = V - id``, bin ``clip(d - 1, 0, 254)``, binned value = that bin centre.
+  Masked dims are un-normalized, ``a = 0.5 * (x + 1) * (q99 - q01) + q01``; unmasked dims
+  (the gripper) ARE the bin centre, not remapped: closed ``V - 128`` -> 0.0, open
+  ``V - 256`` -> ``1 - 1/255`` (0.996). Binarize the gripper at 0.5 (open iff > 0.5; see
+  :mod:`magma_ros.codecs.gripper`).
 * ``ActionCodec.token_range`` is the inclusive range of the 256 reserved ids
-  ``[base - 256, base - 1]`` (127744 .. 127999 for LLaMA-3). Encoding only produces
-  ``base - 255 .. base - 1``; the lowest id ``base - 256`` (bin 255) decodes like bin 254,
-  as the reference implementation clips it. Ids outside the range are errors.
-* Motion dims 0..5: ``n = 2 * (a - q01) / (q99 - q01) - 1`` (clipped to ``[-1, 1]``) and
-  back ``a = 0.5 * (n + 1) * (q99 - q01) + q01``. A dimension with ``q99 == q01``
-  normalizes to 0 and decodes to q01.
-* Gripper dim 6 ignores the statistics: ``n = 2 * g - 1`` and back ``g = (n + 1) / 2``
-  in ``[0, 1]``, 1 = open (see :mod:`magma_ros.codecs.gripper`).
+  ``[V - 256, V - 1]`` (127744 .. 127999 for LLaMA-3); ids outside it are errors. ``V - 256``
+  and ``V - 255`` decode to the same bin (254), so ``encode(decode(id)) == id`` for every id
+  but ``V - 256``, which re-encodes as ``V - 255``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from .action_statistics import (
     ACTION_DIM,
     ACTION_DIM_NAMES,
     BRIDGE_ORIG,
+    DEFAULT_MASK,
     GOOGLE_ROBOT,
     GRIPPER_DIM,
     PUBLISHED_STATISTICS,
@@ -39,12 +46,13 @@ from .action_statistics import (
     resolve_statistics,
 )
 from .errors import CodecError
-from .gripper import GripperHysteresis, gripper_from_normalized, gripper_to_normalized
+from .gripper import GripperHysteresis, binarize_gripper, gripper_label
 
 __all__ = [
     "ACTION_DIM",
     "ACTION_DIM_NAMES",
     "BRIDGE_ORIG",
+    "DEFAULT_MASK",
     "DEFAULT_N_BINS",
     "GOOGLE_ROBOT",
     "GRIPPER_DIM",
@@ -55,8 +63,8 @@ __all__ = [
     "DecodedAction",
     "GripperHysteresis",
     "TokenRange",
-    "gripper_from_normalized",
-    "gripper_to_normalized",
+    "binarize_gripper",
+    "gripper_label",
     "load_dataset_statistics",
     "resolve_statistics",
 ]
@@ -66,8 +74,6 @@ DEFAULT_N_BINS = 256
 
 LLAMA3_BASE_VOCAB_SIZE = 128000
 """Base vocabulary of the LLaMA-3 tokenizer (Magma-8B); read it from the tokenizer when you can."""
-
-_MOTION = slice(0, GRIPPER_DIM)
 
 
 class TokenRange(NamedTuple):
@@ -92,7 +98,8 @@ class DecodedAction:
 
     ``token_ids``: the first (up to) 7 ids as given; an entry that was not an integer is -1.
     ``normalized``: (7,) bin centres in ``[-1, 1]``. ``action``: (7,) metric action
-    (dx, dy, dz m; droll, dpitch, dyaw rad) and gripper opening in ``[0, 1]``, 1 = open.
+    (dx, dy, dz m; droll, dpitch, dyaw rad) and the gripper value, the bin centre itself
+    (closed token -> 0.0, open token -> 0.996; open iff > 0.5).
     Both arrays are read-only and hold NaN at positions that could not be decoded (at
     every position when the number of ids is not 7).
     ``valid`` is True only when exactly 7 in-range integer ids were given; otherwise
@@ -108,7 +115,7 @@ class DecodedAction:
 
     @property
     def gripper(self) -> float:
-        """Gripper opening in ``[0, 1]`` (1 = open), NaN if undecodable."""
+        """Gripper value (the bin centre: ~0.0 closed, 0.996 open; open iff > 0.5), NaN if undecodable."""
         return float(self.action[GRIPPER_DIM])
 
     def require_valid(self) -> DecodedAction:
@@ -181,7 +188,8 @@ class ActionCodec:
 
     @property
     def bin_centres(self) -> np.ndarray:
-        """The ``n_bins - 1`` bin centres (read-only); bin ``d`` is token ``base - 1 - d``."""
+        """The ``n_bins - 1`` bin centres (read-only); token ``id`` decodes to bin
+        ``clip(base - id - 1, 0, n_bins - 2)``."""
         return self._centres
 
     @property
@@ -193,17 +201,19 @@ class ActionCodec:
     def token_range(self) -> TokenRange:
         """Inclusive range of the ``n_bins`` reserved ids: ``(base - n_bins, base - 1)``.
 
-        Use it to constrain generation. ``lo`` itself never comes out of :meth:`encode`
-        but decodes (like ``lo + 1``) when a model emits it.
+        Use it to constrain generation. :meth:`encode` produces every id of it (``lo`` for
+        saturated values ``x >= 1``); ``lo`` decodes like ``lo + 1``.
         """
         return TokenRange(self._base - self._n_bins, self._base - 1)
 
     # --- normalized <-> tokens -------------------------------------------------------
 
     def normalized_to_tokens(self, normalized: Iterable[float] | np.ndarray) -> np.ndarray:
-        """Token ids (int64, same shape) for normalized values; values are clipped to ``[-1, 1]``.
+        """Token ids (int64, same shape) for binned values: ``base - digitize(clip(x, -1, 1), edges)``.
 
-        Raises ``CodecError`` for non-numeric or non-finite input.
+        numpy ``digitize`` semantics (``right=False``), so ``x >= 1`` gives ``base - n_bins``
+        and ``x <= -1`` gives ``base - 1``. Raises ``CodecError`` for non-numeric or
+        non-finite input.
         """
         try:
             values = np.asarray(normalized, dtype=np.float64)
@@ -211,16 +221,11 @@ class ActionCodec:
             raise CodecError(f"normalized values must be numbers: {err}") from err
         if not np.all(np.isfinite(values)):
             raise CodecError(f"normalized values must be finite, got {values.tolist()}")
-        bins = np.digitize(np.clip(values, -1.0, 1.0), self._edges) - 1
-        bins = np.clip(bins, 0, self._n_bins - 2)
-        return (self._base - 1 - bins).astype(np.int64)
+        return (self._base - np.digitize(np.clip(values, -1.0, 1.0), self._edges, right=False)).astype(np.int64)
 
-    def tokens_to_normalized(self, token_ids: Iterable[int] | np.ndarray) -> np.ndarray:
-        """Bin centres (float64, same shape) for integer token ids inside :attr:`token_range`.
-
-        Strict: raises ``CodecError`` for non-integer ids or ids outside the range (use
-        :meth:`decode` for a lenient, flagged result).
-        """
+    def token_bins(self, token_ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """Bin index ``clip(base - id - 1, 0, n_bins - 2)`` (int64, same shape) of integer ids
+        inside :attr:`token_range`; raises ``CodecError`` otherwise (see :meth:`tokens_to_normalized`)."""
         ids = np.asarray(token_ids)
         if ids.dtype.kind not in "iu":
             raise CodecError(f"token ids must be integers, got dtype {ids.dtype}")
@@ -231,8 +236,15 @@ class ActionCodec:
             raise CodecError(
                 f"token ids {outside[:8].tolist()} are outside the action token range [{lo}, {hi}]"
             )
-        bins = np.minimum(self._base - 1 - ids, self._n_bins - 2)
-        return self._centres[bins]
+        return np.clip(self._base - ids - 1, 0, self._n_bins - 2)
+
+    def tokens_to_normalized(self, token_ids: Iterable[int] | np.ndarray) -> np.ndarray:
+        """Bin centres (float64, same shape) for integer token ids inside :attr:`token_range`.
+
+        Strict: raises ``CodecError`` for non-integer ids or ids outside the range (use
+        :meth:`decode` for a lenient, flagged result).
+        """
+        return self._centres[self.token_bins(token_ids)]
 
     # --- metric <-> normalized ----------------------------------------------------------
 
@@ -252,42 +264,41 @@ class ActionCodec:
             raise CodecError(f"stats must be an ActionStatistics, got {type(stats).__name__}")
 
     def normalize(self, action: Iterable[float] | np.ndarray, stats: ActionStatistics) -> np.ndarray:
-        """Normalize metric actions of shape (..., 7) to ``[-1, 1]`` (clipped); see module docs.
+        """Binned values of metric actions of shape (..., 7), clipped to ``[-1, 1]``.
 
-        Raises ``CodecError`` for a wrong shape or non-finite values.
+        Where ``stats.mask`` is true: ``2 * (a - q01) / (q99 - q01) - 1`` (0 when ``q99 == q01``);
+        elsewhere (the gripper) the raw value. Raises ``CodecError`` for a wrong shape or
+        non-finite values.
         """
         self._check_stats(stats)
         a = self._actions(action, "action")
         if not np.all(np.isfinite(a)):
             raise CodecError(f"action must be finite, got {a.tolist()}")
-        q01, q99 = stats.q01_array[_MOTION], stats.q99_array[_MOTION]
+        q01, q99, mask = stats.q01_array, stats.q99_array, stats.mask_array
         span = q99 - q01
-        out = np.empty_like(a)
-        scaled = np.divide(a[..., _MOTION] - q01, span, out=np.full_like(a[..., _MOTION], 0.5), where=span > 0)
-        out[..., _MOTION] = 2.0 * scaled - 1.0
-        out[..., GRIPPER_DIM] = 2.0 * np.clip(a[..., GRIPPER_DIM], 0.0, 1.0) - 1.0
+        scaled = np.divide(a - q01, span, out=np.full_like(a, 0.5), where=span > 0)
+        out = np.where(mask, 2.0 * scaled - 1.0, a)
         return np.clip(out, -1.0, 1.0)
 
     def unnormalize(self, normalized: Iterable[float] | np.ndarray, stats: ActionStatistics) -> np.ndarray:
-        """Metric actions of shape (..., 7) from normalized values; NaN propagates.
+        """Metric actions of shape (..., 7) from binned values; NaN propagates.
 
-        Dims 0..5: ``0.5 * (n + 1) * (q99 - q01) + q01`` (not clipped). Dim 6 (gripper):
-        ``(n + 1) / 2`` clipped to ``[0, 1]``, 1 = open. Raises ``CodecError`` for a wrong shape.
+        Where ``stats.mask`` is true: ``0.5 * (n + 1) * (q99 - q01) + q01`` (not clipped);
+        elsewhere (the gripper) the value itself, not remapped. Raises ``CodecError`` for a
+        wrong shape.
         """
         self._check_stats(stats)
         n = self._actions(normalized, "normalized action")
-        q01, q99 = stats.q01_array[_MOTION], stats.q99_array[_MOTION]
-        out = np.empty_like(n)
-        out[..., _MOTION] = 0.5 * (n[..., _MOTION] + 1.0) * (q99 - q01) + q01
-        out[..., GRIPPER_DIM] = np.clip(0.5 * (n[..., GRIPPER_DIM] + 1.0), 0.0, 1.0)
-        return out
+        q01, q99, mask = stats.q01_array, stats.q99_array, stats.mask_array
+        return np.where(mask, 0.5 * (n + 1.0) * (q99 - q01) + q01, n)
 
     # --- metric <-> tokens -------------------------------------------------------------
 
     def encode(self, action: Iterable[float] | np.ndarray, stats: ActionStatistics) -> np.ndarray:
         """Token ids (int64, shape (..., 7)) for metric actions: training labels.
 
-        Actions outside q01..q99 clip to the end bins. Raises ``CodecError`` for bad input.
+        Normalized dims outside q01..q99 and raw values outside ``[-1, 1]`` clip to the end
+        bins. Raises ``CodecError`` for bad input.
         """
         return self.normalized_to_tokens(self.normalize(action, stats))
 
@@ -320,7 +331,7 @@ class ActionCodec:
                 errors.append(f"token {i} ({ACTION_DIM_NAMES[i]}) id {token} is outside the action "
                               f"token range [{lo}, {hi}]")
                 continue
-            normalized[i] = self._centres[min(self._base - 1 - token, self._n_bins - 2)]
+            normalized[i] = self._centres[min(max(self._base - token - 1, 0), self._n_bins - 2)]
         if len(items) != ACTION_DIM:
             normalized[:] = np.nan  # which ids belong to which dimension is unknown
         action = self.unnormalize(normalized, stats)

@@ -1,9 +1,11 @@
-"""Gripper command conventions: normalized bin value -> 0..1 opening, binarization, hysteresis.
+"""Gripper conventions: raw labels in, decoded bin value -> binary command, hysteresis.
 
-Magma's 7th action token is not un-normalized with the dataset statistics: its bin
-centre ``n`` in ``[-1, 1]`` maps to ``g = (n + 1) / 2`` in ``[0, 1]`` with
-**1 = open, 0 = closed**. Robots usually want a binary command (``g > 0.5``); a
-:class:`GripperHysteresis` avoids chattering when the model hovers around the threshold.
+Magma's 7th action dimension is never normalized with the dataset statistics
+(magma-reference.md, "Actions (7-DoF)"): the training label is the raw gripper command,
+**0 = closed, 1 = open**, binned as it is (closed -> token ``V - 128``, open -> ``V - 256``),
+and the decoded bin centre IS the gripper value (closed -> 0.0, open -> 0.996), never
+remapped. Binarize at 0.5 (open iff the value is > 0.5, as SimplerEnv does for WidowX);
+a :class:`GripperHysteresis` avoids chattering when the model hovers around the threshold.
 """
 
 from __future__ import annotations
@@ -12,41 +14,40 @@ import math
 
 from .errors import CodecError
 
-__all__ = ["GripperHysteresis", "gripper_from_normalized", "gripper_to_normalized"]
+__all__ = ["GRIPPER_THRESHOLD", "GripperHysteresis", "binarize_gripper", "gripper_label"]
+
+GRIPPER_THRESHOLD = 0.5
+"""A decoded gripper value above this is open, at or below it closed."""
 
 
-def gripper_from_normalized(normalized: float, *, binarize: bool = False, threshold: float = 0.5) -> float:
-    """Gripper opening in ``[0, 1]`` (1 = open) from a normalized value in ``[-1, 1]``.
+def binarize_gripper(value: float, threshold: float = GRIPPER_THRESHOLD) -> float:
+    """1.0 (open) when the decoded gripper ``value`` is ``> threshold``, else 0.0 (closed).
 
-    ``(n + 1) / 2`` clipped to ``[0, 1]``; with ``binarize`` returns 1.0 when that value
-    is ``> threshold`` and 0.0 otherwise. Raises ``CodecError`` for a non-finite value.
+    Raises ``CodecError`` for a non-finite value.
     """
-    n = float(normalized)
-    if not math.isfinite(n):
-        raise CodecError(f"normalized gripper value must be finite, got {normalized!r}")
-    opening = min(max(0.5 * (n + 1.0), 0.0), 1.0)
-    if binarize:
-        return 1.0 if opening > threshold else 0.0
-    return opening
+    v = float(value)
+    if not math.isfinite(v):
+        raise CodecError(f"gripper value must be finite, got {value!r}")
+    return 1.0 if v > threshold else 0.0
 
 
-def gripper_to_normalized(opening: float) -> float:
-    """Normalized value ``2 * g - 1`` of a gripper opening ``g`` in ``[0, 1]`` (clipped first).
+def gripper_label(opening: float) -> float:
+    """The training label of a gripper command ``opening`` (0 = closed .. 1 = open), clipped to ``[0, 1]``.
 
-    Inverse of :func:`gripper_from_normalized` (without binarization); used to build
-    training labels. Raises ``CodecError`` for a non-finite value.
+    The label is the raw value, not normalized (the codec bins it as it is). Raises
+    ``CodecError`` for a non-finite value.
     """
     g = float(opening)
     if not math.isfinite(g):
         raise CodecError(f"gripper opening must be finite, got {opening!r}")
-    return 2.0 * min(max(g, 0.0), 1.0) - 1.0
+    return min(max(g, 0.0), 1.0)
 
 
 class GripperHysteresis:
     """Binary gripper state with two thresholds, so values near one threshold don't chatter.
 
-    ``update(g)`` with the gripper opening ``g`` in ``[0, 1]``: the gripper opens when
-    ``g >= open_threshold`` and closes when ``g <= close_threshold``; in between it keeps
+    ``update(g)`` with the decoded gripper value ``g`` (~0 closed, ~1 open): the gripper opens
+    when ``g >= open_threshold`` and closes when ``g <= close_threshold``; in between it keeps
     its state. A non-finite ``g`` also keeps the state (hold the last command). Returns
     1.0 (open) or 0.0 (closed). Stateful: one instance per robot, ``reset()`` per episode.
     """
@@ -70,7 +71,7 @@ class GripperHysteresis:
         return self._is_open
 
     def update(self, opening: float) -> float:
-        """Feed the latest gripper opening; returns the resulting command (1.0 open, 0.0 closed)."""
+        """Feed the latest decoded gripper value; returns the resulting command (1.0 open, 0.0 closed)."""
         g = float(opening)
         if math.isfinite(g):
             if g >= self.open_threshold:

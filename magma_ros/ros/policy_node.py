@@ -29,7 +29,7 @@ from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header, String
 
 from magma_ros import contract
-from magma_ros.backends import BackendError, PolicyBackend, PolicyOutput, create_backend
+from magma_ros.backends import BackendError, PolicyBackend, PolicyOutput, create_backend, output_gripper_command
 from magma_ros.codecs import GripperHysteresis
 from magma_ros.contract import PolicyNodeParameters
 from magma_ros.image_codec import ImageConversionError, depth_to_meters, message_to_rgb8, numpy_to_image
@@ -283,7 +283,7 @@ class PolicyNode(LifecycleNode):
             output = PolicyOutput.failure(
                 f"observation was {age:.3f} s old when inference finished (max {p.max_observation_age_s} s)",
                 output.timings, output.raw_text)
-        gripper = self._gripper.update(float(output.action[6])) if output.valid else float(self._gripper.is_open)
+        gripper = output_gripper_command(self._gripper, output)
         with self._lock:
             traces = self._traces
         prediction = prediction_message(header, output, instruction, model_id, gripper,

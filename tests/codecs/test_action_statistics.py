@@ -10,6 +10,7 @@ import pytest
 
 from magma_ros.codecs import (
     BRIDGE_ORIG,
+    DEFAULT_MASK,
     GOOGLE_ROBOT,
     PUBLISHED_STATISTICS,
     ActionStatistics,
@@ -29,18 +30,43 @@ def _write(tmp_path: Path, content: object) -> Path:
 
 def test_published_sets_are_built_in_and_frozen() -> None:
     assert set(PUBLISHED_STATISTICS) == {"bridge_orig", "google_robot"}
-    assert BRIDGE_ORIG.q01[0] == -0.028727 and BRIDGE_ORIG.q99[5] == 0.203826
-    assert GOOGLE_ROBOT.q01[3] == -0.351799 and GOOGLE_ROBOT.q99[3] == 0.589267
+    # Full precision, exactly as magma-reference.md (Microsoft's SimplerEnv agent) lists them.
+    assert BRIDGE_ORIG.q01 == (-0.02872725307941437, -0.04170349963009357, -0.026093858778476715,
+                               -0.08092105075716972, -0.09288699507713317, -0.20718276381492615, 0.0)
+    assert BRIDGE_ORIG.q99 == (0.028309678435325586, 0.040855254605412394, 0.040161586627364146,
+                               0.08192047759890528, 0.07792850524187081, 0.20382574498653397, 1.0)
+    assert GOOGLE_ROBOT.q01 == (-0.22453527510166169, -0.14820013284683228, -0.231589707583189,
+                                -0.3517994859814644, -0.4193011274933815, -0.43643461108207704, 0.0)
+    assert GOOGLE_ROBOT.q99 == (0.17824687153100965, 0.14938379630446405, 0.21842354819178575,
+                                0.5892666035890578, 0.35272657424211445, 0.44796681255102094, 1.0)
+    for stats in (BRIDGE_ORIG, GOOGLE_ROBOT):
+        assert stats.mask == (True,) * 6 + (False,) == DEFAULT_MASK
     with pytest.raises(dataclasses.FrozenInstanceError):
         BRIDGE_ORIG.name = "x"  # type: ignore[misc]
     assert hash(BRIDGE_ORIG) == hash(ActionStatistics("bridge_orig", list(BRIDGE_ORIG.q01), BRIDGE_ORIG.q99))
 
 
-def test_load_reads_q01_q99_and_ignores_other_keys(tmp_path: Path) -> None:
-    path = _write(tmp_path, {"my_arm": {"action": {**GOOD, "mean": [0] * 7, "mask": [True] * 6 + [False]},
-                                        "num_transitions": 10}})
-    stats = load_dataset_statistics(path)
-    assert stats["my_arm"].q99 == (1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 1.0)
+FULL = {**GOOD, "mean": [0.1] * 7, "std": [0.2] * 7, "min": [-2] * 7, "max": [2] * 7,
+        "mask": [True, True, False, True, True, True, False]}
+
+
+def test_load_reads_every_field_of_the_checkpoint_format(tmp_path: Path) -> None:
+    path = _write(tmp_path, {"my_arm": {"action": FULL, "proprio": {"mean": [0] * 8}, "num_transitions": 10,
+                                        "num_trajectories": 2}})
+    stats = load_dataset_statistics(path)["my_arm"]
+    assert stats.q99 == (1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 1.0)
+    assert stats.mask == (True, True, False, True, True, True, False)
+    assert stats.mean == (0.1,) * 7 and stats.std == (0.2,) * 7
+    assert stats.min == (-2.0,) * 7 and stats.max == (2.0,) * 7
+    # what to_json writes loads back to the same set
+    again = load_dataset_statistics(_write(tmp_path, {"my_arm": {"action": stats.to_json()}}))["my_arm"]
+    assert again == stats
+
+
+def test_missing_mask_normalizes_dims_0_to_5_only(tmp_path: Path) -> None:
+    stats = load_dataset_statistics(_write(tmp_path, {"arm": {"action": GOOD}}))["arm"]
+    assert stats.mask == DEFAULT_MASK and stats.mean is None
+    assert stats.to_json() == {**GOOD, "mask": list(DEFAULT_MASK)}
 
 
 @pytest.mark.parametrize(
@@ -54,6 +80,10 @@ def test_load_reads_q01_q99_and_ignores_other_keys(tmp_path: Path) -> None:
         ({"arm": {"action": {**GOOD, "q99": [1] * 6 + ["x"]}}}, ["dataset_statistics.json", "q99[6]"]),
         ({"arm": {"action": {**GOOD, "q99": "1234567"}}}, ["q99 must be a list"]),
         ({"arm": {"action": {"q01": [1] * 7, "q99": [0] * 7}}}, ["q99 < q01"]),
+        ({"arm": {"action": {**GOOD, "mask": [1] * 7}}}, ["arm.action", "mask[0] is not a boolean"]),
+        ({"arm": {"action": {**GOOD, "mask": [True] * 6}}}, ["mask has 6 values"]),
+        ({"arm": {"action": {**GOOD, "std": [0.1] * 6 + [None]}}}, ["std[6] is not a number"]),
+        ({"arm": {"action": {**GOOD, "mean": "abc"}}}, ["mean must be a list"]),
     ],
 )
 def test_malformed_files_name_file_and_field(tmp_path: Path, content: object, fragments: list[str]) -> None:
