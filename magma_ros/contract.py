@@ -9,7 +9,9 @@ module without rclpy.
 Node parameters are typed dataclasses. Each field is one ROS parameter (same name,
 same default, the field's ``description`` metadata becomes the parameter
 descriptor); ``__post_init__`` rejects bad values with a message naming them. The
-YAML files under ``config/`` use exactly these names.
+YAML files under ``config/`` use exactly these names. A field marked ``live`` may be
+set while the node runs (``ros2 param set``): the whole set is re-validated and the
+node applies it; every other field is read-only at run time and a change is refused.
 """
 
 from __future__ import annotations
@@ -83,12 +85,12 @@ TOPICS: dict[str, Topic] = {
 }
 
 
-def _param(default: Any, description: str, **kwargs: Any) -> Any:
-    """A dataclass field that is also a ROS parameter with a description."""
+def _param(default: Any, description: str, live: bool = False, **kwargs: Any) -> Any:
+    """A dataclass field that is also a ROS parameter with a description; ``live``: settable at run time."""
+    metadata = {"description": description, "live": live}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"description": description},
-                     **kwargs)
-    return field(default=default, metadata={"description": description}, **kwargs)
+        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -118,6 +120,11 @@ class NodeParameters:
     def descriptions(cls) -> dict[str, str]:
         return {f.name: f.metadata.get("description", "") for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
 
+    @classmethod
+    def live_parameters(cls) -> tuple[str, ...]:
+        """Parameters that may change while the node runs; all others are read-only at run time."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("live"))  # type: ignore[arg-type]
+
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
@@ -137,7 +144,8 @@ class PolicyNodeParameters(NodeParameters):
     compressed_image_topic: str = _param("", "camera topic (sensor_msgs/CompressedImage); '' = not used")
     camera_info_topic: str = _param("", "CameraInfo for back-projecting traces; '' = not used")
     depth_topic: str = _param("", "depth aligned to the camera; '' = not used")
-    instruction: str = _param("pick up the red cube", "language instruction (also settable by topic/service)")
+    instruction: str = _param("pick up the red cube", "language instruction (also settable by topic/service)",
+                              live=True)
     instruction_topic: str = _param(INSTRUCTION.name, "std_msgs/String topic that updates the instruction")
     prediction_topic: str = _param(PREDICTION.name, "output: magma_ros/Prediction")
     ee_delta_topic: str = _param(EE_DELTA.name, "output: magma_ros/EndEffectorDelta")
@@ -219,7 +227,11 @@ def _require_positive(**values: float) -> None:
 class ServoBridgeParameters(NodeParameters):
     """Parameters of ``servo_bridge_node``: the safety layer between the policy and MoveIt Servo.
 
-    Every safety check is on by default. Linear limits are per axis in the base frame.
+    Every safety check is on by default. Speed, step and acceleration limits bound vector norms in
+    the base frame (per-axis speed caps in addition, where set). The limits are ``live``: a change
+    at run time is validated and applies from the next command, and at once to the stream in
+    flight where it makes that safer (lower caps, shorter watchdog); topics and switches are
+    read-only.
     """
 
     NODE_NAME = "servo_bridge_node"
@@ -234,28 +246,43 @@ class ServoBridgeParameters(NodeParameters):
     ee_frame: str = _param("", "end-effector frame for the TF lookup when ee_pose_topic is ''")
     stream_rate_hz: float = _param(50.0, "rate the current command is re-stamped and re-sent to Servo")
     zero_messages: int = _param(3, "zero twists sent when a stream stops, before going silent")
-    clamp_enabled: bool = _param(True, "clamp each axis of a step to max_linear_step_m / max_angular_step_rad")
-    max_linear_step_m: float = _param(0.05, "largest |dx|, |dy|, |dz| of one step (m)")
-    max_angular_step_rad: float = _param(0.25, "largest |droll|, |dpitch|, |dyaw| of one step (rad)")
-    max_linear_speed: float = _param(0.4, "per-axis linear speed cap (m/s), always applied; "
-                                          "at most Servo's scale.linear")
-    max_angular_speed: float = _param(0.8, "per-axis angular speed cap (rad/s), always applied; "
-                                           "at most Servo's scale.rotational")
-    rate_limit_enabled: bool = _param(True, "limit the change of the commanded speed between consecutive commands")
-    max_linear_speed_change: float = _param(0.2, "largest per-axis change of linear speed between commands (m/s)")
-    max_angular_speed_change: float = _param(0.6, "largest per-axis change of angular speed between commands "
-                                                  "(rad/s)")
+    synchronous_stream: bool = _param(False, "for a synchronous simulator only (sim_arm_node mode synchronous, "
+                                             "sync_answer_end zero_twist): send each accepted step's whole stream "
+                                             "at once (its twist, gripper command, then the zeros) so the sim "
+                                             "steps without waiting a step period of wall time; never on an arm")
+    clamp_enabled: bool = _param(True, "clamp each step's |dp| and |dtheta| (vector norms) to max_linear_step_m / "
+                                       "max_angular_step_rad")
+    max_linear_step_m: float = _param(0.05, "largest |dp| of one step (m, vector norm)", live=True)
+    max_angular_step_rad: float = _param(0.25, "largest |dtheta| of one step (rad, vector norm)", live=True)
+    max_linear_speed: float = _param(0.4, "linear speed cap (m/s, vector norm; the whole vector is scaled), always "
+                                          "applied; at most Servo's scale.linear", live=True)
+    max_angular_speed: float = _param(0.8, "angular speed cap (rad/s, vector norm), always applied; at most "
+                                           "Servo's scale.rotational", live=True)
+    max_linear_axis_speeds: list[float] = _param([0.0, 0.0, 0.0], "extra per-axis linear speed caps x, y, z "  # noqa: RUF009
+                                                                  "(m/s); 0 = none on that axis", live=True)
+    max_angular_axis_speeds: list[float] = _param([0.0, 0.0, 0.0], "extra per-axis angular speed caps about x, "  # noqa: RUF009
+                                                                   "y, z (rad/s); 0 = none on that axis", live=True)
+    acceleration_limit_enabled: bool = _param(True, "limit the acceleration of the streamed twist (braking is "
+                                                    "never delayed)")
+    max_linear_acceleration: float = _param(1.0, "largest linear acceleration of the streamed twist (m/s^2, "
+                                                 "vector norm, over elapsed time)", live=True)
+    max_angular_acceleration: float = _param(3.0, "largest angular acceleration of the streamed twist (rad/s^2, "
+                                                  "vector norm, over elapsed time)", live=True)
     workspace_enabled: bool = _param(True, "check the predicted target (EE pose + step) against the workspace "
                                            "box; a step leaving it is cut to the boundary per axis")
-    workspace_min_xyz: list[float] = _param([0.15, -0.6, 0.02], "workspace box lower corner in base_frame (m)")  # noqa: RUF009
-    workspace_max_xyz: list[float] = _param([0.85, 0.6, 0.9], "workspace box upper corner in base_frame (m)")  # noqa: RUF009
-    max_pose_age_s: float = _param(0.25, "an EE pose older than this cannot be used for the workspace check")
-    max_delta_age_s: float = _param(0.5, "deltas whose source stamp is further than this from now are rejected")
+    workspace_min_xyz: list[float] = _param([0.15, -0.6, 0.02], "workspace box lower corner in base_frame (m)",  # noqa: RUF009
+                                            live=True)
+    workspace_max_xyz: list[float] = _param([0.85, 0.6, 0.9], "workspace box upper corner in base_frame (m)",  # noqa: RUF009
+                                            live=True)
+    max_pose_age_s: float = _param(0.25, "an EE pose older than this cannot be used for the workspace check",
+                                   live=True)
+    max_delta_age_s: float = _param(0.5, "deltas whose source stamp is further than this from now are rejected",
+                                    live=True)
     min_step_period_s: float = _param(0.02, "deltas with a shorter step_period are rejected "
-                                            "(never below one stream tick)")
-    max_step_period_s: float = _param(1.0, "deltas with a longer step_period are rejected")
+                                            "(never below one stream tick)", live=True)
+    max_step_period_s: float = _param(1.0, "deltas with a longer step_period are rejected", live=True)
     watchdog_enabled: bool = _param(True, "stop streaming when no fresh delta arrived within watchdog_timeout_s")
-    watchdog_timeout_s: float = _param(0.2, "longest motion after the last accepted delta (s)")
+    watchdog_timeout_s: float = _param(0.2, "longest motion after the last accepted delta (s)", live=True)
     watchdog_from_publish_time: bool = _param(True, "count the watchdog from the delta's DDS publication time "
                                                     "(needs synchronized clocks across hosts); false = from receipt")
     estop_topic: str = _param(ESTOP.name, "std_msgs/Bool: true latches an e-stop until ~/reset_estop")
@@ -281,8 +308,8 @@ class ServoBridgeParameters(NodeParameters):
         _require_positive(
             stream_rate_hz=self.stream_rate_hz, max_linear_step_m=self.max_linear_step_m,
             max_angular_step_rad=self.max_angular_step_rad, max_linear_speed=self.max_linear_speed,
-            max_angular_speed=self.max_angular_speed, max_linear_speed_change=self.max_linear_speed_change,
-            max_angular_speed_change=self.max_angular_speed_change, max_pose_age_s=self.max_pose_age_s,
+            max_angular_speed=self.max_angular_speed, max_linear_acceleration=self.max_linear_acceleration,
+            max_angular_acceleration=self.max_angular_acceleration, max_pose_age_s=self.max_pose_age_s,
             max_delta_age_s=self.max_delta_age_s, min_step_period_s=self.min_step_period_s,
             max_step_period_s=self.max_step_period_s, watchdog_timeout_s=self.watchdog_timeout_s,
             gripper_motion_time_s=self.gripper_motion_time_s, diagnostics_period_s=self.diagnostics_period_s)
@@ -295,6 +322,10 @@ class ServoBridgeParameters(NodeParameters):
             corner = list(getattr(self, name))
             _require(len(corner) == 3 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in corner),
                      f"{name} must be three finite numbers, got {corner}")
+        for name in ("max_linear_axis_speeds", "max_angular_axis_speeds"):
+            caps = list(getattr(self, name))
+            _require(len(caps) == 3 and all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in caps),
+                     f"{name} must be three finite numbers >= 0 (0 = no cap), got {caps}")
         lower, upper = list(self.workspace_min_xyz), list(self.workspace_max_xyz)
         _require(all(lo < hi for lo, hi in zip(lower, upper, strict=True)),
                  f"workspace_min_xyz must be below workspace_max_xyz on every axis, got {lower} / {upper}")
@@ -336,12 +367,13 @@ class SimArmParameters(NodeParameters):
 
     mode: str = _param("realtime", "realtime: sim time follows the wall clock | synchronous: one control period "
                                    "per answered observation (deterministic for a seed)")
-    seed: int = _param(0, "scene seed of the next episode (cube layout; colour too when color is '')")
-    task: str = _param("reach", "task family of the next episode: reach | pick")
-    color: str = _param("", "target cube colour (red | green | blue); '' = cycle with the seed")
-    max_steps: int = _param(0, "control-step budget of an episode; 0 = the task's default (reach 80, pick 150)")
+    seed: int = _param(0, "scene seed of the next episode (cube layout; colour too when color is '')", live=True)
+    task: str = _param("reach", "task family of the next episode: reach | pick", live=True)
+    color: str = _param("", "target cube colour (red | green | blue); '' = cycle with the seed", live=True)
+    max_steps: int = _param(0, "control-step budget of an episode; 0 = the task's default (reach 80, pick 150)",
+                            live=True)
     autostart_episode: bool = _param(True, "start an episode (seed, task) at start-up")
-    continuous: bool = _param(False, "when an episode ends, start the next one (seed + 1) at once")
+    continuous: bool = _param(False, "when an episode ends, start the next one (seed + 1) at once", live=True)
     start_paused: bool = _param(False, "come up with sim time held (~/pause false runs it)")
     control_period_s: float = _param(0.1, "control step (s of sim time): success is tested every step; in "
                                           "synchronous mode each answered observation advances this much")
@@ -353,8 +385,9 @@ class SimArmParameters(NodeParameters):
     sync_timeout_s: float = _param(3.0, "synchronous: wall seconds to wait for an answer before stepping with no "
                                         "new command (longer than the slowest policy step)")
     sync_answer_end: str = _param("zero_twist", "synchronous: when an answer is complete. zero_twist: at the zero "
-                                                "twist that ends a Servo bridge's stream | quiet: sync_quiet_s after "
-                                                "the last command (a teleop sending one twist per frame)")
+                                                "twist that ends a Servo bridge's stream | first_twist: at the first "
+                                                "twist (a teleop sending its gripper command, then one twist per "
+                                                "frame) | quiet: sync_quiet_s after the last command")
     sync_quiet_s: float = _param(0.1, "synchronous, sync_answer_end quiet: wall seconds without a command that "
                                       "complete an answer")
     publish_clock: bool = _param(True, "publish /clock (run the other nodes with use_sim_time); false = stamps "
@@ -392,8 +425,8 @@ class SimArmParameters(NodeParameters):
         _require(self.state_rate_hz * self.control_period_s >= 1 - 1e-9,
                  f"state_rate_hz {self.state_rate_hz} gives less than one state per control period")
         _require(self.realtime_factor <= 10, f"realtime_factor must be <= 10, got {self.realtime_factor}")
-        _require(self.sync_answer_end in ("zero_twist", "quiet"),
-                 f"sync_answer_end must be zero_twist or quiet, got {self.sync_answer_end!r}")
+        _require(self.sync_answer_end in ("zero_twist", "first_twist", "quiet"),
+                 f"sync_answer_end must be zero_twist, first_twist or quiet, got {self.sync_answer_end!r}")
         _require(self.sync_quiet_s < self.sync_timeout_s,
                  f"need sync_quiet_s < sync_timeout_s, got {self.sync_quiet_s} / {self.sync_timeout_s}")
         _require(self.publish_clock or self.mode == "realtime",

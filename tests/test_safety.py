@@ -1,4 +1,4 @@
-"""The servo bridge's ROS-free safety core: filter, watchdog, command stream, e-stop latch."""
+"""The servo bridge's ROS-free safety core: filter, watchdog, command stream, e-stop latch, stamps."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from magma_ros.contract import ContractError, ServoBridgeParameters
 from magma_ros.safety import (
     ZERO,
+    AccelerationLimit,
     Adjustment,
     Command,
     CommandStream,
@@ -30,7 +31,11 @@ from magma_ros.safety import (
     Velocity,
     Watchdog,
     WorkspaceBox,
+    non_braking_change,
+    norm,
+    ramp,
 )
+from magma_ros.stamps import StampError, split_ns, stamp_age_s, stamp_to_ns
 
 BOX = WorkspaceBox((0.2, -0.5, 0.0), (0.8, 0.5, 0.6))
 LIMITS = SafetyLimits(workspace=BOX)
@@ -65,40 +70,52 @@ class FakeClock:
 
 
 # -- filter: examples ------------------------------------------------------------------
-def test_speed_units_and_per_axis_clamps() -> None:
-    f = SafetyFilter(replace(LIMITS, rate_limit_enabled=False))
+def test_speed_units_and_vector_caps_keep_the_direction() -> None:
+    f = SafetyFilter(LIMITS)
     cmd = command(f.check(delta(0.01, -0.02, 0.0, (0.05, 0.0, 0.0)), at()))
     assert cmd.velocity.linear == pytest.approx((0.05, -0.1, 0.0))
     assert cmd.velocity.angular == pytest.approx((0.25, 0.0, 0.0))
     assert cmd.duration_s == 0.2 and cmd.adjustments == frozenset()
-    # 0.3 m over 0.2 s: clamped to 0.05 m per step; 2 rad: clamped by Servo's 0.8 rad/s.
+    # 0.3 m each on x and y over 0.2 s: |dp| = 0.42 m is scaled to 0.05 m (the step clamp), the
+    # direction kept; 2 rad on roll and yaw: scaled to Servo's 0.8 rad/s as a vector.
     cmd = command(f.check(delta(0.3, -0.3, 0.0, (2.0, 0.0, -2.0)), at()))
-    assert cmd.velocity.linear == pytest.approx((0.25, -0.25, 0.0))
-    assert cmd.velocity.angular == pytest.approx((0.8, 0.0, -0.8))
+    assert norm(cmd.velocity.linear) == pytest.approx(0.25)
+    assert cmd.velocity.linear == pytest.approx((0.25 / math.sqrt(2), -0.25 / math.sqrt(2), 0.0))
+    assert norm(cmd.velocity.angular) == pytest.approx(0.8)
+    assert cmd.velocity.angular == pytest.approx((0.8 / math.sqrt(2), 0.0, -0.8 / math.sqrt(2)))
     assert Adjustment.CLAMPED in cmd.adjustments
-    # Short step: the speed cap (0.4 m/s), not the step clamp, binds.
-    cmd = command(f.check(delta(0.05, period=0.05), at()))
-    assert cmd.velocity.linear[0] == pytest.approx(0.4)
+    # Short step on three axes: the 0.4 m/s norm cap, not the step clamp, binds; per axis 0.4 / sqrt(3).
+    cmd = command(f.check(delta(0.05, 0.05, 0.05, period=0.05), at()))
+    assert norm(cmd.velocity.linear) == pytest.approx(0.4)
+    assert cmd.velocity.linear == pytest.approx((0.4 / math.sqrt(3),) * 3)
+
+
+def test_per_axis_caps_in_addition_scale_the_whole_vector() -> None:
+    f = SafetyFilter(replace(LIMITS, workspace=None, linear_axis_speeds=(math.inf, math.inf, 0.05),
+                             angular_axis_speeds=(0.1, math.inf, math.inf)))
+    cmd = command(f.check(delta(0.02, 0.0, 0.02, (0.04, 0.04, 0.0)), None))
+    assert cmd.velocity.linear == pytest.approx((0.05, 0.0, 0.05))  # z capped at 0.05, x scaled alike
+    assert cmd.velocity.angular == pytest.approx((0.1, 0.1, 0.0))
+    assert Adjustment.CLAMPED in cmd.adjustments
+
+
+def test_huge_finite_steps_are_scaled_not_overflowed() -> None:
+    f = SafetyFilter(replace(LIMITS, workspace=None))
+    cmd = command(f.check(delta(1.7e308, 1.7e308, -1e308, (5e-324, 1e300, 0.0)), None))
+    assert norm(cmd.velocity.linear) == pytest.approx(0.25) and cmd.velocity.linear[0] > 0 > cmd.velocity.linear[2]
+    assert norm(cmd.velocity.angular) == pytest.approx(0.8) and cmd.velocity.angular[1] == pytest.approx(0.8)
 
 
 def test_clamps_can_be_turned_off_but_speed_caps_stay() -> None:
-    f = SafetyFilter(replace(LIMITS, clamp_enabled=False, rate_limit_enabled=False, workspace=None))
+    f = SafetyFilter(replace(LIMITS, clamp_enabled=False, workspace=None))
     cmd = command(f.check(delta(0.06, period=1.0), None))
     assert cmd.velocity.linear[0] == pytest.approx(0.06)
-    cmd = command(f.check(delta(5.0, period=1.0), None))
-    assert cmd.velocity.linear[0] == pytest.approx(0.4)
-
-
-def test_rate_limit_between_consecutive_commands() -> None:
-    f = SafetyFilter(replace(LIMITS, workspace=None))
-    cmd = command(f.check(delta(0.05), None, previous=ZERO))
-    assert cmd.velocity.linear[0] == pytest.approx(0.2) and Adjustment.RATE_LIMITED in cmd.adjustments
-    flip = command(f.check(delta(-0.05), None, previous=cmd.velocity))
-    assert flip.velocity.linear[0] == pytest.approx(0.0)
+    cmd = command(f.check(delta(5.0, 5.0, period=1.0), None))
+    assert norm(cmd.velocity.linear) == pytest.approx(0.4)
 
 
 def test_step_leaving_the_box_is_cut_to_the_boundary() -> None:
-    f = SafetyFilter(replace(LIMITS, rate_limit_enabled=False))
+    f = SafetyFilter(LIMITS)
     cmd = command(f.check(delta(0.04, 0.0, -0.04), at(x=0.78, z=0.01)))
     assert 0.78 + cmd.velocity.linear[0] * 0.2 == pytest.approx(0.8)
     assert 0.01 + cmd.velocity.linear[2] * 0.2 == pytest.approx(0.0)
@@ -108,6 +125,12 @@ def test_step_leaving_the_box_is_cut_to_the_boundary() -> None:
     assert 0.81 + back.velocity.linear[0] * 0.2 == pytest.approx(0.8)
     # Further out than one clamped step: refused.
     assert rejection(f.check(delta(-0.05), at(x=0.9))) is RejectReason.OUTSIDE_WORKSPACE
+    # Outside on two axes: the pull-back velocity stays within the norm cap (0.25 m/s at 0.2 s steps).
+    back = command(f.check(delta(), at(x=0.83, z=-0.03)))
+    assert norm(back.velocity.linear) <= 0.25 + EPS
+    assert 0.83 + back.velocity.linear[0] * 0.2 <= 0.8 + EPS and -0.03 + back.velocity.linear[2] * 0.2 >= -EPS
+    # Pulling back needs 0.04 m on x and 0.04 m on z: 0.057 m > one 0.05 m step: refused.
+    assert rejection(f.check(delta(), at(x=0.84, z=-0.04))) is RejectReason.OUTSIDE_WORKSPACE
 
 
 def test_heading_out_of_the_box() -> None:
@@ -118,7 +141,7 @@ def test_heading_out_of_the_box() -> None:
 
 
 def test_box_is_shrunk_by_the_motion_since_the_pose_was_measured() -> None:
-    f = SafetyFilter(replace(LIMITS, rate_limit_enabled=False))
+    f = SafetyFilter(LIMITS)
     moving = Velocity((0.25, 0.0, 0.0), (0.0, 0.0, 0.0))
     cmd = command(f.check(delta(0.05), at(x=0.7, age=0.2), previous=moving))
     assert 0.7 + 0.25 * 0.2 + cmd.velocity.linear[0] * 0.2 == pytest.approx(0.8)
@@ -128,6 +151,8 @@ def test_box_is_shrunk_by_the_motion_since_the_pose_was_measured() -> None:
     (delta(math.nan), RejectReason.NON_FINITE),
     (delta(rot=(0.0, math.inf, 0.0)), RejectReason.NON_FINITE),
     (delta(gripper=math.nan), RejectReason.NON_FINITE),
+    (delta(gripper=1.5), RejectReason.OUT_OF_RANGE),
+    (delta(gripper=-0.1), RejectReason.OUT_OF_RANGE),
     (delta(period=0.0), RejectReason.BAD_STEP_PERIOD),
     (delta(period=-0.2), RejectReason.BAD_STEP_PERIOD),
     (delta(period=5.0), RejectReason.BAD_STEP_PERIOD),
@@ -156,6 +181,10 @@ def test_bad_limits_are_named() -> None:
         SafetyLimits(min_step_period_s=2.0, max_step_period_s=1.0)
     with pytest.raises(SafetyConfigError, match="below maximum"):
         WorkspaceBox((0.0, 0.0, 1.0), (1.0, 1.0, 0.5))
+    with pytest.raises(SafetyConfigError, match="max_linear_acceleration"):
+        SafetyLimits(max_linear_acceleration=math.nan)
+    with pytest.raises(SafetyConfigError, match="linear_axis_speeds"):
+        SafetyLimits(linear_axis_speeds=(0.1, 0.0, math.inf))
 
 
 def test_bridge_parameters_validate_and_name_bad_values() -> None:
@@ -168,6 +197,20 @@ def test_bridge_parameters_validate_and_name_bad_values() -> None:
         ServoBridgeParameters(gripper_close_threshold=0.7)
     with pytest.raises(ContractError, match="ee_pose_topic or ee_frame"):
         ServoBridgeParameters(ee_pose_topic="")
+    with pytest.raises(ContractError, match="max_angular_axis_speeds"):
+        ServoBridgeParameters(max_angular_axis_speeds=[0.1, -1.0, 0.0])
+    with pytest.raises(ContractError, match="max_angular_acceleration"):
+        ServoBridgeParameters(max_angular_acceleration=0.0)
+
+
+def test_the_contract_marks_safety_limits_live_and_structure_read_only() -> None:
+    live = set(ServoBridgeParameters.live_parameters())
+    assert {"max_linear_speed", "max_angular_speed", "max_linear_step_m", "max_angular_step_rad",
+            "max_linear_axis_speeds", "max_angular_axis_speeds", "max_linear_acceleration",
+            "max_angular_acceleration", "workspace_min_xyz", "workspace_max_xyz", "watchdog_timeout_s",
+            "max_pose_age_s", "max_delta_age_s", "min_step_period_s", "max_step_period_s"} == live
+    assert not live & {"ee_delta_topic", "twist_topic", "base_frame", "stream_rate_hz", "dry_run",
+                       "workspace_enabled", "clamp_enabled", "watchdog_enabled", "acceleration_limit_enabled"}
 
 
 # -- filter: 10,000 generated deltas ----------------------------------------------------
@@ -177,8 +220,8 @@ BAD_PERIODS = [0.0, -0.2, 1e-9, 0.019, 5.0, math.nan, math.inf]
 BAD_AGES = [0.51, -1.0, 1e9, math.nan]
 EDGE_COORDINATES = [0.2, 0.8, 0.0, 0.6, -0.5, 0.5, 0.79999, 0.81, 0.19, 0.95]
 N = 50  # deltas per generated sequence; 200 sequences = 10,000 deltas
-LIMIT_SETS = [LIMITS, replace(LIMITS, rate_limit_enabled=False), replace(LIMITS, clamp_enabled=False),
-              replace(LIMITS, workspace=None, max_linear_speed=0.1)]
+LIMIT_SETS = [LIMITS, replace(LIMITS, linear_axis_speeds=(0.3, 0.05, 0.2), angular_axis_speeds=(0.5, math.inf, 0.2)),
+              replace(LIMITS, clamp_enabled=False), replace(LIMITS, workspace=None, max_linear_speed=0.1)]
 
 
 def generated_steps(rnd: random.Random, weird: float) -> list[tuple[Delta | str, Any, bool]]:
@@ -224,33 +267,40 @@ def flipped(d: Delta) -> Delta:
     return replace(d, translation=tuple(-v for v in d.translation), rotation=tuple(-v for v in d.rotation))
 
 
-def check_invariants(limits: SafetyLimits, d: Delta, pose: Pose | None, previous: Velocity,
-                     cmd: Command) -> None:
+def check_invariants(limits: SafetyLimits, d: Delta, pose: Pose | None, cmd: Command) -> None:
     numbers = [*cmd.velocity.linear, *cmd.velocity.angular]
     assert all(math.isfinite(v) for v in numbers)
     assert cmd.duration_s == d.step_period_s
     linear_cap, angular_cap = limits.speed_caps(d.step_period_s)
     assert linear_cap <= limits.max_linear_speed and angular_cap <= limits.max_angular_speed
-    assert all(abs(v) <= linear_cap * (1 + EPS) for v in cmd.velocity.linear)
-    assert all(abs(v) <= angular_cap * (1 + EPS) for v in cmd.velocity.angular)
+    assert norm(cmd.velocity.linear) <= linear_cap * (1 + EPS) + EPS
+    assert norm(cmd.velocity.angular) <= angular_cap * (1 + EPS) + EPS
+    assert all(abs(v) <= c * (1 + EPS) for v, c in zip(cmd.velocity.linear, limits.linear_axis_speeds, strict=True))
+    assert all(abs(v) <= c * (1 + EPS) for v, c in zip(cmd.velocity.angular, limits.angular_axis_speeds, strict=True))
     if limits.clamp_enabled:
-        assert all(abs(v * d.step_period_s) <= limits.max_linear_step + EPS for v in cmd.velocity.linear)
-        assert all(abs(v * d.step_period_s) <= limits.max_angular_step + EPS for v in cmd.velocity.angular)
+        assert norm(cmd.velocity.linear) * d.step_period_s <= limits.max_linear_step + EPS
+        assert norm(cmd.velocity.angular) * d.step_period_s <= limits.max_angular_step + EPS
     if limits.workspace is not None:
         assert pose is not None
         target = [p + v * d.step_period_s for p, v in zip(pose.position, cmd.velocity.linear, strict=True)]
         assert limits.workspace.contains(target, tolerance=EPS), (pose, cmd, target)
-    if limits.rate_limit_enabled:
-        period = d.step_period_s
-        for axis, (v, prev) in enumerate(zip(numbers, [*previous.linear, *previous.angular], strict=True)):
-            change = limits.max_linear_speed_change if axis < 3 else limits.max_angular_speed_change
-            cap = linear_cap if axis < 3 else angular_cap
-            pinned = [-cap, cap]  # over the rate limit only when pinned to a clamp or the box (they win)
-            if axis < 3 and limits.workspace is not None and pose is not None:
-                lo, p, hi = limits.workspace.minimum[axis], pose.position[axis], limits.workspace.maximum[axis]
-                drift = abs(prev) * max(pose.age_s, 0.0)
-                pinned += [(lo - p + drift) / period, (hi - p - drift) / period]
-            assert abs(v - prev) <= change + EPS or min(abs(v - b) for b in pinned) <= EPS, (axis, v, prev)
+    elif Adjustment.CLAMPED not in cmd.adjustments:  # not capped and no box: exactly delta / T
+        assert cmd.velocity.linear == pytest.approx([v / d.step_period_s for v in d.translation])
+    if limits.workspace is None or Adjustment.WORKSPACE_CUT not in cmd.adjustments:
+        # Caps scale the whole vector: the direction of the step is kept.
+        for out, step in ((cmd.velocity.linear, d.translation), (cmd.velocity.angular, d.rotation)):
+            assert same_direction(out, step), (out, step)
+
+
+def same_direction(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Whether ``a`` is a non-negative multiple of ``b`` (either may be zero or subnormal)."""
+    if not any(a):
+        return True
+    unit_a = [x / max(abs(v) for v in a) for x in a]
+    unit_b = [x / max(abs(v) for v in b) for x in b]
+    cosine = sum(x * y for x, y in zip(unit_a, unit_b, strict=True)) / (norm(unit_a) * norm(unit_b))
+    return cosine == pytest.approx(1.0, abs=1e-9)
+
 
 def test_ten_thousand_generated_deltas_never_exceed_the_limits() -> None:
     seen = {"deltas": 0, "accepted": 0}
@@ -276,7 +326,7 @@ def test_ten_thousand_generated_deltas_never_exceed_the_limits() -> None:
                 previous = ZERO  # a rejection stops the stream
                 continue
             seen["accepted"] += 1
-            check_invariants(limits, d, pose, previous, result)
+            check_invariants(limits, d, pose, result)
             if pose_item == "tracked":
                 arm = tuple(p + v * d.step_period_s for p, v in zip(arm, result.velocity.linear, strict=True))
                 assert limits.workspace is None or BOX.contains(arm, tolerance=EPS)  # it never leaves the box
@@ -381,3 +431,116 @@ def test_estop_latches_until_reset_with_the_input_released() -> None:
     latch.update(False)
     latch.reset()
     assert not latch.engaged and latch.trips == 1
+
+
+def test_watchdog_shorter_timeout_cuts_the_running_deadline_longer_waits_for_the_next_feed() -> None:
+    clock = FakeClock()
+    dog = Watchdog(0.5, clock)
+    dog.feed()
+    dog.set_timeout(1.0)  # longer: the deadline running now stays
+    assert dog.deadline == pytest.approx(clock.t + 0.5)
+    dog.set_timeout(0.1)  # shorter: at once
+    assert dog.deadline == pytest.approx(clock.t + 0.1)
+    dog.feed()
+    assert dog.deadline == pytest.approx(clock.t + 0.1)
+    with pytest.raises(SafetyConfigError):
+        dog.set_timeout(math.nan)
+
+
+# -- acceleration: over elapsed time, at every sample --------------------------------------
+ACCEL = AccelerationLimit(1.0, 3.0)
+
+
+def test_ramp_limits_speeding_up_and_turning_but_never_braking() -> None:
+    assert ramp((0.0, 0.0, 0.0), (0.4, 0.0, 0.0), 0.02) == pytest.approx((0.02, 0.0, 0.0))
+    assert ramp((0.3, 0.0, 0.0), (0.05, 0.0, 0.0), 0.02) == pytest.approx((0.05, 0.0, 0.0))  # slower: at once
+    assert ramp((0.3, 0.0, 0.0), (0.0, 0.0, 0.0), 0.02) == (0.0, 0.0, 0.0)  # stop: at once
+    # Reversal: brake to zero for free, then at most 0.02 the other way.
+    assert ramp((0.3, 0.0, 0.0), (-0.3, 0.0, 0.0), 0.02) == pytest.approx((-0.02, 0.0, 0.0))
+    # Turning by 90 degrees: the old direction may drop at once, the new one grows by 0.02.
+    assert ramp((0.3, 0.0, 0.0), (0.0, 0.3, 0.0), 0.02) == pytest.approx((0.0, 0.02, 0.0))
+    assert non_braking_change((0.3, 0.0, 0.0), (0.0, 0.02, 0.0)) == pytest.approx(0.02)
+    assert non_braking_change((0.3, 0.0, 0.0), (0.1, 0.0, 0.0)) == pytest.approx(0.0, abs=1e-15)
+
+
+def test_a_1khz_burst_reaches_speed_no_faster_than_the_acceleration_limit() -> None:
+    # The defect: 0 -> 0.4 m/s in 2 ms when the limit acted per message. Per unit time, a burst
+    # of commands 1 ms apart (the sample after each) gains at most 1 m/s^2 * 1 ms per sample.
+    clock = FakeClock()
+    stream = CommandStream(0.02, 3, Watchdog(0.2, clock), clock, ACCEL)
+    fast = Command(Velocity((0.4, 0.0, 0.0), (0.0, 0.0, 0.8)), 0.2, frozenset())
+    samples = []
+    for _ in range(20):
+        stream.start(fast)
+        samples.append(stream.next_message())
+        clock.t += 0.001
+    assert samples[0].linear[0] == pytest.approx(0.02)  # from rest: one tick's worth
+    assert samples[-1].linear[0] == pytest.approx(0.02 + 19 * 0.001)
+    assert samples[-1].angular[2] == pytest.approx(0.06 + 19 * 0.003)
+    assert stream.limited_samples == 20
+
+
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(
+    st.sampled_from(["command", "tick", "tick", "tick", "stop", "wait"]),
+    st.tuples(*[st.floats(-0.5, 0.5)] * 3), st.tuples(*[st.floats(-1.0, 1.0)] * 3),
+    st.floats(0.0, 0.05)), min_size=5, max_size=80))
+def test_every_sample_keeps_the_acceleration_limit(script: list) -> None:
+    clock = FakeClock()
+    tick = 0.02
+    stream = CommandStream(tick, 3, Watchdog(0.2, clock), clock, ACCEL)
+    previous, previous_at = ZERO, -math.inf
+    for kind, linear, angular, pause in script:
+        if kind == "command":
+            stream.start(Command(Velocity(linear, angular), 0.2, frozenset()))
+        elif kind == "stop":
+            stream.stop()
+        elif kind == "wait":
+            clock.t += 10 * pause
+            continue
+        sample = stream.next_message()
+        if sample is not None:
+            dt = min(clock.t - previous_at, tick)
+            assert non_braking_change(previous.linear, sample.linear) <= ACCEL.linear * dt + EPS
+            assert non_braking_change(previous.angular, sample.angular) <= ACCEL.angular * dt + EPS
+            previous, previous_at = sample, clock.t
+        clock.t += pause
+
+
+def test_restrict_applies_lower_caps_to_the_stream_in_flight() -> None:
+    clock = FakeClock()
+    stream = CommandStream(0.02, 3, None, clock, None)
+    stream.start(Command(Velocity((0.3, 0.4, 0.0), (0.0, 0.0, 0.5)), 0.5, frozenset()))
+    assert stream.next_message() == Velocity((0.3, 0.4, 0.0), (0.0, 0.0, 0.5))
+    tighter = replace(LIMITS, max_linear_speed=0.1, max_angular_speed=0.2)
+    stream.restrict(tighter.cap)
+    sample = stream.next_message()
+    assert norm(sample.linear) == pytest.approx(0.1) and sample.linear == pytest.approx((0.06, 0.08, 0.0))
+    assert sample.angular == pytest.approx((0.0, 0.0, 0.2))
+    stream.restrict(LIMITS.cap)  # looser again: the stream in flight does not speed up
+    assert stream.next_message().linear == pytest.approx((0.06, 0.08, 0.0))
+
+
+# -- stamps -------------------------------------------------------------------------------
+class Stamp:
+    def __init__(self, sec: Any, nanosec: Any) -> None:
+        self.sec, self.nanosec = sec, nanosec
+
+
+@pytest.mark.parametrize(("sec", "nanosec", "match"), [
+    (-1, 0, "negative"), (-2**31, 999_999_999, "negative"), (0, 0, "unset"), (5, 1_000_000_000, "nanosec"),
+    (5, 2**32 - 1, "nanosec"), (1.5, 0, "not a time"), (True, 0, "not a time"), (None, None, "not a time"),
+])
+def test_bad_stamps_are_named_errors(sec: Any, nanosec: Any, match: str) -> None:
+    with pytest.raises(StampError, match=match):
+        stamp_to_ns(Stamp(sec, nanosec))
+
+
+def test_stamp_conversion_and_age() -> None:
+    assert stamp_to_ns(Stamp(2**31 - 1, 999_999_999)) == (2**31 - 1) * 10**9 + 999_999_999
+    assert stamp_to_ns(Stamp(0, 1)) == 1
+    assert stamp_age_s(Stamp(10, 500_000_000), 12 * 10**9) == pytest.approx(1.5)
+    assert stamp_age_s(Stamp(2**31 - 1, 0), 10**18) < -1e9  # huge: far in the future, not an error
+    assert split_ns(12_500_000_001) == (12, 500_000_001)
+    with pytest.raises(StampError):
+        split_ns(-1)

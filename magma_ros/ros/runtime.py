@@ -1,12 +1,14 @@
 """Shared ROS plumbing: message types and QoS from the contract, parameters, spinning.
 
 Every node declares its parameters from its contract dataclass with
-:func:`declare_parameters` and runs through :func:`run_node`, so parameter
-handling and shutdown behave the same everywhere.
+:func:`declare_parameters`, takes run-time changes through :func:`accept_parameter_changes`
+(the contract says which parameters are live) and runs through :func:`run_node`, so
+parameter handling and shutdown behave the same everywhere.
 """
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import importlib
 import signal
@@ -15,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (
@@ -30,6 +32,8 @@ from rclpy.task import Future
 from magma_ros.contract import ContractError, NodeParameters, QosName, Topic
 
 P = TypeVar("P", bound=NodeParameters)
+LIVE = "settable at run time: validated, then applied by the running node"
+READ_ONLY = "read-only at run time: a change is refused (restart the node with the new value)"
 
 _QOS: dict[str, QoSProfile] = {
     "sensor_data": qos_profile_sensor_data,
@@ -60,13 +64,60 @@ def declare_parameters(node: Node, parameters_cls: type[P]) -> P:
     defaults = parameters_cls()
     for f in dataclasses.fields(parameters_cls):  # type: ignore[arg-type]
         default = getattr(defaults, f.name)
-        descriptor = ParameterDescriptor(description=f.metadata.get("description", ""))
-        values[f.name] = node.declare_parameter(f.name, default, descriptor).value
+        descriptor = ParameterDescriptor(description=f.metadata.get("description", ""),
+                                         additional_constraints=LIVE if f.metadata.get("live") else READ_ONLY)
+        values[f.name] = _plain(node.declare_parameter(f.name, default, descriptor).value)
     try:
         return parameters_cls(**values)
     except (ContractError, TypeError) as err:
         node.get_logger().error(f"invalid parameters: {err}")
         raise
+
+
+def _plain(value: Any) -> Any:
+    """A parameter value as the contract dataclasses hold it (arrays as lists)."""
+    return list(value) if isinstance(value, (array.array, tuple, list)) else value
+
+
+def accept_parameter_changes(node: Node, parameters_cls: type[P], current: Callable[[], P],
+                             apply: Callable[[P, set[str]], None]) -> None:
+    """Take ``ros2 param set`` (SetParameters) changes the contract allows, refuse the rest with a reason.
+
+    A change to a parameter the contract does not mark ``live`` is refused as read-only. The
+    live ones are merged into ``current()``, the whole set is validated by the contract class
+    and handed to ``apply(new, changed_names)``, which may refuse by raising ContractError
+    (or ValueError); on success the node keeps the new values. Never raises: an exception
+    here would end the node's executor.
+    """
+    live = parameters_cls.live_parameters()
+
+    def on_set(parameters: list[Any]) -> SetParametersResult:
+        try:
+            values = current().as_dict()
+            changed: set[str] = set()
+            for parameter in parameters:
+                if parameter.name not in values:  # use_sim_time and other rclpy-owned parameters
+                    continue
+                value = _plain(parameter.value)
+                if value == _plain(values[parameter.name]):
+                    continue
+                if parameter.name not in live:
+                    allowed = f"; settable: {', '.join(live)}" if live else ""
+                    return SetParametersResult(successful=False, reason=(
+                        f"{parameter.name} is read-only: it cannot change at run time (restart the node with the "
+                        f"new value){allowed}"))
+                values[parameter.name] = value
+                changed.add(parameter.name)
+            if changed:
+                apply(parameters_cls(**values), changed)
+        except (ContractError, TypeError, ValueError) as err:
+            return SetParametersResult(successful=False, reason=f"refused: {err}")
+        except Exception as err:  # never let a parameter request end the node
+            node.get_logger().error(f"parameter change failed: {err!r}")
+            return SetParametersResult(successful=False, reason=f"refused (internal error): {err!r}")
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(on_set)
 
 
 def init_rclpy(args: Sequence[str] | None = None) -> None:

@@ -1,11 +1,17 @@
 """servo_bridge_node: the safety layer between the policy's end-effector steps and MoveIt Servo.
 
-A lifecycle node: it comes up unconfigured (or configures and activates itself with
-``autostart``) and commands nothing unless active. Each accepted EndEffectorDelta becomes a
-TwistStamped in speed units (delta / step_period), re-stamped and re-sent to Servo at
-``stream_rate_hz`` for one step period, then a few zero twists, then silence (Servo halts when
-its input stops). The checks live in :mod:`magma_ros.safety`; this file only moves messages.
+A lifecycle node (:class:`magma_ros.ros.lifecycle_node.ManagedNode`): it comes up
+unconfigured (or configures and activates itself with ``autostart``) and commands nothing
+unless active. Each accepted EndEffectorDelta becomes a target twist in speed units
+(delta / step_period); a stream thread re-stamps and sends it to Servo at ``stream_rate_hz``
+for one step period, ramping towards it under the acceleration limit, then a few zero
+twists, then silence (Servo halts when its input stops). The checks live in
+:mod:`magma_ros.safety`; this file moves messages and validates them where they enter.
 
+* Every input is checked where it enters: deltas (frame, stamp, every number), poses (frame,
+  stamp, every number), parameter changes (the contract, then the safety core) and service
+  calls. A bad one is counted by reason (diagnostics), logged at most every ``WARN_PERIOD_S``
+  per reason, and never raises: a rejected delta stops the stream (zeros); the node goes on.
 * A rejected delta, an e-stop, the watchdog or deactivation stop the stream at once (zeros).
   Deltas inferred from frames taken before the last activation are never acted on.
 * The e-stop (std_msgs/Bool, true = stop) latches in every lifecycle state until
@@ -14,14 +20,17 @@ its input stops). The checks live in :mod:`magma_ros.safety`; this file only mov
 * MoveIt extras are used only where importable: Servo's ``~/switch_command_type``
   (moveit_msgs), the GripperCommand action (control_msgs), TF for the EE pose (tf2_ros),
   ``~/go_home`` (moveit_py).
-* Timing (stream, watchdog) runs on the steady clock; stamps and ages use the node clock. The
-  watchdog counts from the delta's DDS publication time where rclpy provides it (Iron+), so
-  transport or executor delays cannot extend motion past ``watchdog_timeout_s``.
+* Timing: the stream and the watchdog run on their own thread, on the steady clock, so a busy
+  executor (callbacks, parameter and lifecycle services) cannot delay a zero twist; a stop
+  wakes the thread at once. The watchdog counts from the delta's DDS publication time where
+  rclpy provides it (Iron+), else from its acceptance. Stamps and ages use the node clock.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
+import sys
 import threading
 import time
 from typing import Any
@@ -29,9 +38,7 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.subscription import Subscription
 from rclpy.time import Time
 from std_msgs.msg import Bool
@@ -41,9 +48,12 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from magma_ros import contract
 from magma_ros.codecs import GripperHysteresis
 from magma_ros.contract import ContractError, ServoBridgeParameters
-from magma_ros.ros.runtime import declare_parameters, message_type, qos, run_node
+from magma_ros.conventions import GripperJoints
+from magma_ros.ros.lifecycle_node import ManagedNode, ThrottledLog
+from magma_ros.ros.runtime import message_type, qos, run_node
 from magma_ros.safety import (
     ZERO,
+    AccelerationLimit,
     Adjustment,
     CommandStream,
     Delta,
@@ -60,9 +70,13 @@ from magma_ros.safety import (
     Watchdog,
     WorkspaceBox,
 )
+from magma_ros.stamps import StampError, split_ns, stamp_to_ns
 
 WARN_PERIOD_S = 2.0
 MOVEIT_UNAVAILABLE = "MoveIt (moveit_py) is not available"
+GIL_SWITCH_INTERVAL_S = 0.001
+"""The bridge process hands the GIL over every 1 ms (Python's default: 5 ms) so the stream thread
+waits less behind callbacks; set in main() only, never when the node is built inside another program."""
 
 
 def _optional(module: str) -> Any:
@@ -73,179 +87,290 @@ def _optional(module: str) -> Any:
         return None
 
 
+def _axis_caps(values: list[float]) -> tuple[float, float, float]:
+    return tuple(v if v > 0 else math.inf for v in values)  # type: ignore[return-value]
+
+
 def safety_limits(p: ServoBridgeParameters) -> SafetyLimits:
     """The core's limits from the node parameters (a step never shorter than one stream tick)."""
     box = WorkspaceBox(tuple(p.workspace_min_xyz), tuple(p.workspace_max_xyz))  # type: ignore[arg-type]
     return SafetyLimits(
         max_linear_step=p.max_linear_step_m, max_angular_step=p.max_angular_step_rad,
-        max_linear_speed=p.max_linear_speed, max_angular_speed=p.max_angular_speed, clamp_enabled=p.clamp_enabled,
-        max_linear_speed_change=p.max_linear_speed_change, max_angular_speed_change=p.max_angular_speed_change,
-        rate_limit_enabled=p.rate_limit_enabled, workspace=box if p.workspace_enabled else None,
+        max_linear_speed=p.max_linear_speed, max_angular_speed=p.max_angular_speed,
+        linear_axis_speeds=_axis_caps(p.max_linear_axis_speeds), angular_axis_speeds=_axis_caps(
+            p.max_angular_axis_speeds), clamp_enabled=p.clamp_enabled,
+        max_linear_acceleration=p.max_linear_acceleration, max_angular_acceleration=p.max_angular_acceleration,
+        acceleration_limit_enabled=p.acceleration_limit_enabled, workspace=box if p.workspace_enabled else None,
         max_pose_age_s=p.max_pose_age_s, max_delta_age_s=p.max_delta_age_s,
         min_step_period_s=max(p.min_step_period_s, 1.0 / p.stream_rate_hz), max_step_period_s=p.max_step_period_s)
 
 
-class ServoBridgeNode(LifecycleNode):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(ServoBridgeParameters.NODE_NAME, **kwargs)
-        self.params = p = declare_parameters(self, ServoBridgeParameters)
+def acceleration_limit(limits: SafetyLimits) -> AccelerationLimit | None:
+    if not limits.acceleration_limit_enabled:
+        return None
+    return AccelerationLimit(limits.max_linear_acceleration, limits.max_angular_acceleration)
+
+
+class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
+    PARAMETERS = ServoBridgeParameters
+
+    # -- always on -----------------------------------------------------------------
+    def initialize(self) -> None:
+        p = self.params
         try:
             self.filter = SafetyFilter(safety_limits(p))
         except SafetyConfigError as err:
             self.get_logger().error(f"invalid parameters: {err}")
             raise ContractError(str(err)) from err
         self._lock = threading.RLock()
-        self._active = False
         self._homing = False
         self.watchdog = Watchdog(p.watchdog_timeout_s) if p.watchdog_enabled else None
-        self.stream = CommandStream(1.0 / p.stream_rate_hz, p.zero_messages, self.watchdog)
+        self.stream = CommandStream(1.0 / p.stream_rate_hz, p.zero_messages, self.watchdog,
+                                    acceleration=acceleration_limit(self.filter.limits))
         self.estop = EStopLatch()
         self.gripper = GripperHysteresis(p.gripper_open_threshold, p.gripper_close_threshold)
         self._gripper_sent: float | None = None
-        self._activated_at: Time | None = None
-        self._pose: PoseStamped | None = None
+        self._activated_at_ns: int | None = None
+        self._pose: tuple[tuple[float, float, float], int] | None = None  # (position, stamp ns), validated
         self._tf_buffer: Any = None
-        self._tf_listener: Any = None
         self._moveit: Any = None
         self._pause_client: Any = None
         self._servo_command_client: Any = None
         self._gripper_action: Any = None
         self._gripper_goal_type: Any = None
+        self._twist_pub: Any = None
+        self._wake = threading.Event()
+        self._warn = ThrottledLog(self.get_logger(), WARN_PERIOD_S)
         self.counters = dict.fromkeys(("received", "inactive", "ignored_homing", "commands", "twists_sent",
-                                       "zero_twists_sent", "gripper_commands", "pose_frame_mismatch",
-                                       "workspace_breach_stops", *(a.value for a in Adjustment)), 0)
+                                       "zero_twists_sent", "gripper_commands", "workspace_breach_stops", "burst",
+                                       "acceleration_limited", "internal_errors", "late_ticks",
+                                       *(a.value for a in Adjustment)), 0)
         self.rejected = {r.value: 0 for r in RejectReason}
-        self._own_subscriptions: list[Any] = []
-        self._own_timers: list[Any] = []
-        self._own_publishers: list[Any] = []
-        self._own_clients: list[Any] = []
-        # Always on, in every lifecycle state: the e-stop latch and its reset, and go_home's answer.
-        self._estop_sub = self.create_subscription(Bool, p.estop_topic, self._on_estop, qos(contract.ESTOP))
+        self.pose_rejected = {r.value: 0 for r in (RejectReason.FRAME_MISMATCH, RejectReason.BAD_STAMP,
+                                                     RejectReason.NON_FINITE)}
+        self.timing = {"tick_late_max_ms": 0.0, "publish_max_ms": 0.0}
+        self._last_accepted: float | None = None
+        # In every lifecycle state: the e-stop latch (its own callback group: never queued behind
+        # deltas or poses), its reset, and go_home's answer.
+        self._estop_sub = self.create_subscription(Bool, p.estop_topic, self._on_estop, qos(contract.ESTOP),
+                                                   callback_group=MutuallyExclusiveCallbackGroup())
         self._reset_srv = self.create_service(Trigger, contract.RESET_ESTOP_SERVICE, self._on_reset_estop)
         self._home_srv = self.create_service(Trigger, contract.GO_HOME_SERVICE, self._on_go_home,
                                              callback_group=MutuallyExclusiveCallbackGroup())
-        if p.autostart:
-            self.trigger_configure()
-            if self._own_publishers:
-                self.trigger_activate()
 
     # -- lifecycle -------------------------------------------------------------------
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def setup(self) -> None:
         p = self.params
         if not p.ee_pose_topic and p.workspace_enabled:
             tf2_ros = _optional("tf2_ros")
             if tf2_ros is None:
-                self.get_logger().error("the workspace check needs ee_pose_topic: tf2_ros is not available")
-                return TransitionCallbackReturn.FAILURE
+                raise ContractError("the workspace check needs ee_pose_topic: tf2_ros is not available")
             self._tf_buffer = tf2_ros.Buffer()
-            self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
-        self._twist_pub = self.create_lifecycle_publisher(TwistStamped, p.twist_topic, qos(contract.SERVO_TWIST))
-        self._filtered_pub = self.create_lifecycle_publisher(TwistStamped, contract.FILTERED_TWIST_TOPIC,
-                                                             qos("reliable"))
-        self._gripper_pub = self.create_lifecycle_publisher(
-            JointTrajectory, p.gripper_topic, qos(contract.GRIPPER_TRAJECTORY))
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, contract.DIAGNOSTICS.name,
-                                                      qos(contract.DIAGNOSTICS))
-        self._own_publishers = [self._twist_pub, self._filtered_pub, self._gripper_pub, self._diagnostics_pub]
+            listener = tf2_ros.TransformListener(self._tf_buffer, self)
+            self.own("TF listener", listener.unregister)
+        self._twist_pub = self.own_publisher(TwistStamped, p.twist_topic, qos(contract.SERVO_TWIST))
+        self._filtered_pub = self.own_publisher(TwistStamped, contract.FILTERED_TWIST_TOPIC, qos("reliable"))
+        self._gripper_pub = self.own_publisher(JointTrajectory, p.gripper_topic, qos(contract.GRIPPER_TRAJECTORY))
+        self._diagnostics_pub = self.own_publisher(DiagnosticArray, contract.DIAGNOSTICS.name,
+                                                   qos(contract.DIAGNOSTICS), lifecycle=False)
         with_info = p.watchdog_from_publish_time and hasattr(Subscription, "CallbackType")  # Iron+: MessageInfo
-        on_delta = self._on_delta_with_info if with_info else self._on_delta
-        self._own_subscriptions.append(self.create_subscription(
-            message_type(contract.EE_DELTA), p.ee_delta_topic, on_delta, qos(contract.EE_DELTA)))
+        self.own_subscription(message_type(contract.EE_DELTA), p.ee_delta_topic,
+                              self._on_delta_with_info if with_info else self._on_delta, qos(contract.EE_DELTA))
         if p.ee_pose_topic:  # best effort matches both reliable and best-effort pose publishers
-            self._own_subscriptions.append(self.create_subscription(
-                PoseStamped, p.ee_pose_topic, self._on_pose, qos("sensor_data")))
+            self.own_subscription(PoseStamped, p.ee_pose_topic, self._on_pose, qos("sensor_data"))
         if p.servo_node:
-            self._pause_client = self.create_client(SetBool, f"{p.servo_node}/{contract.SERVO_PAUSE_SERVICE}")
-            self._own_clients.append(self._pause_client)
+            self._pause_client = self.own_client(SetBool, f"{p.servo_node}/{contract.SERVO_PAUSE_SERVICE}")
             moveit_srv = _optional("moveit_msgs.srv")
             if moveit_srv is not None:
-                self._servo_command_client = self.create_client(
-                    moveit_srv.ServoCommandType, f"{p.servo_node}/switch_command_type")
-                self._own_clients.append(self._servo_command_client)
+                self._servo_command_client = self.own_client(moveit_srv.ServoCommandType,
+                                                             f"{p.servo_node}/switch_command_type")
         control_action = _optional("control_msgs.action") if p.gripper_action and p.gripper_enabled else None
         if control_action is not None:
             from rclpy.action import ActionClient
 
             self._gripper_action = ActionClient(self, control_action.GripperCommand, p.gripper_action)
             self._gripper_goal_type = control_action.GripperCommand.Goal
-        steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self._own_timers.append(self.create_timer(1.0 / p.stream_rate_hz, self._on_tick, clock=steady))
-        self._own_timers.append(self.create_timer(p.diagnostics_period_s, self._publish_diagnostics))
+            self.own("gripper action client", self._gripper_action.destroy)
+        self.own_timer(p.diagnostics_period_s, self._guard(self._publish_diagnostics))
+        self._start_stream_thread()
         self.get_logger().info(f"configured: {p.ee_delta_topic} -> {p.twist_topic}"
                                f"{' (dry run)' if p.dry_run else ''}")
-        return TransitionCallbackReturn.SUCCESS
 
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def teardown(self) -> None:
+        with self._lock:
+            self.stream.silence()
+        self._pause_client = self._servo_command_client = self._tf_buffer = self._pose = None
+        self._gripper_action = self._twist_pub = None
+
+    def activate(self) -> None:
         with self._lock:
             self.stream.silence()
             if self.watchdog is not None:
                 self.watchdog.reset()
             self._gripper_sent = None
-            self._activated_at = self.get_clock().now()
-            self._active = True
+            self._last_accepted = None
+            self._activated_at_ns = self.get_clock().now().nanoseconds
         if not self.estop.engaged:
             self._prepare_servo()
         self.get_logger().info("active: streaming accepted steps to Servo"
                                if not self.params.dry_run else "active (dry run): Servo is never commanded")
-        return super().on_activate(state)
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def safety_action(self) -> None:
         with self._lock:
             self._halt()
-            self._active = False
-        return super().on_deactivate(state)
 
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.close()
-        return TransitionCallbackReturn.SUCCESS
-
-    def _release(self) -> None:
+    def apply_parameters(self, new: ServoBridgeParameters, changed: set[str]) -> None:
+        """Live limits: from the next delta; at once on the stream in flight where that is safer."""
+        try:
+            limits = safety_limits(new)
+            acceleration = acceleration_limit(limits)
+        except SafetyConfigError as err:
+            raise ContractError(str(err)) from err
         with self._lock:
-            self._active = False
-            self.stream.silence()
-        for timer in self._own_timers:
-            self.destroy_timer(timer)
-        for sub in self._own_subscriptions:
-            self.destroy_subscription(sub)
-        for client in self._own_clients:
-            self.destroy_client(client)
-        for pub in self._own_publishers:
-            self.destroy_lifecycle_publisher(pub) if hasattr(pub, "on_activate") else self.destroy_publisher(pub)
-        if self._gripper_action is not None:
-            self._gripper_action.destroy()
-            self._gripper_action = None
-        if self._tf_listener is not None:
-            self._tf_listener.unregister()
-            self._tf_listener = None
-        self._own_timers, self._own_subscriptions, self._own_clients, self._own_publishers = [], [], [], []
-        self._pause_client = self._servo_command_client = self._tf_buffer = self._pose = None
+            box_changed = limits.workspace != self.filter.limits.workspace
+            self.filter = SafetyFilter(limits)
+            self.stream.acceleration = acceleration
+            if self.watchdog is not None:
+                self.watchdog.set_timeout(new.watchdog_timeout_s)
+            self.stream.restrict(limits.cap)  # lower caps bind the very next sample
+            if box_changed and self.stream.active:
+                self.stream.stop(StreamEnd.STOPPED)  # the target was checked against the old box
+                self._wake.set()
+        self.get_logger().info("limits changed at run time: " + ", ".join(
+            f"{name}={getattr(new, name)}" for name in sorted(changed)))
 
     def close(self) -> None:
         """Stop the arm (zeros, if anything was streaming) and release everything."""
         try:
-            with self._lock:
-                if self._active:
-                    self._halt()
+            super().close()
         except Exception as err:  # the context may already be shut down (Ctrl-C); Servo halts on silence
-            self.get_logger().warning(f"could not send the final zero twist: {err!r}")
-        self._release()
+            self.get_logger().warning(f"could not close cleanly: {err!r}")
+
+    # -- the stream thread -----------------------------------------------------------
+    def _start_stream_thread(self) -> None:
+        stop = threading.Event()
+        thread = threading.Thread(target=self._run_stream, args=(stop,), name="servo-bridge-stream", daemon=True)
+
+        def release() -> None:
+            stop.set()
+            self._wake.set()
+            thread.join(timeout=5.0)
+
+        thread.start()
+        self.own("stream thread", release)
+
+    def _run_stream(self, stop: threading.Event) -> None:
+        """Tick at the stream rate on the steady clock; a stop (``_wake``) is sent at once."""
+        period = self.stream.tick_period_s
+        next_tick = time.monotonic()
+        while not stop.is_set():
+            woken = self._wake.wait(timeout=max(0.0, next_tick - time.monotonic()))
+            if stop.is_set():
+                return
+            if woken:
+                self._wake.clear()
+            now = time.monotonic()
+            if now >= next_tick:
+                late = now - next_tick
+                self.timing["tick_late_max_ms"] = max(self.timing["tick_late_max_ms"], late * 1e3)
+                next_tick += period
+                if next_tick <= now:  # more than a tick behind: skip, never send a burst to catch up
+                    self.counters["late_ticks"] += 1
+                    next_tick = now + period
+            try:
+                self._on_tick()
+            except Exception as err:  # the stream must outlive anything one tick does
+                self.counters["internal_errors"] += 1
+                self._warn.warning("tick", f"stream tick failed: {err!r}")
+
+    def _on_tick(self) -> None:
+        with self._lock:
+            if not self._active:
+                return
+            velocity = self.stream.velocity
+            box = self.filter.limits.workspace
+            if box is not None and not velocity.is_zero():
+                pose = self._current_pose(self.get_clock().now().nanoseconds)
+                if pose is not None and box.heading_out(pose.position, velocity.linear):
+                    self.counters["workspace_breach_stops"] += 1
+                    self._warn.warning("breach", f"EE at {pose.position} is outside the workspace: stream stopped")
+                    self.stream.stop(StreamEnd.STOPPED)
+            self._send_tick()
+
+    def _send_tick(self) -> None:
+        """One stream sample (lock held): stamped now; its stamp is also the acceleration limit's time
+        (except under simulated time, which may stand still: then the steady clock)."""
+        now_ns = self.get_clock().now().nanoseconds
+        simulated = getattr(self.get_clock(), "ros_time_is_active", False)
+        before = self.stream.limited_samples
+        velocity = self.stream.next_message(None if simulated else now_ns * 1e-9)
+        self.counters["acceleration_limited"] += self.stream.limited_samples - before
+        if velocity is not None:
+            self._publish_twist(velocity, now_ns)
+
+    def _publish_twist(self, velocity: Velocity, stamp_ns: int | None = None) -> None:
+        if self.params.dry_run or self._twist_pub is None:
+            return
+        started = time.monotonic()
+        stamp_ns = self.get_clock().now().nanoseconds if stamp_ns is None else stamp_ns
+        self._twist_pub.publish(self._twist(velocity, stamp_ns))
+        self.timing["publish_max_ms"] = max(self.timing["publish_max_ms"], (time.monotonic() - started) * 1e3)
+        self.counters["zero_twists_sent" if velocity.is_zero() else "twists_sent"] += 1
+
+    def _halt(self) -> None:
+        """Stop now (lock held): if anything was streaming, send all the zero twists at once."""
+        if self.stream.active or not self.stream.sent.is_zero():
+            self.stream.stop(StreamEnd.STOPPED)
+            for _ in range(self.params.zero_messages):
+                self._publish_twist(ZERO)
+        self.stream.silence()
+
+    def _twist(self, velocity: Velocity, stamp_ns: int) -> TwistStamped:
+        msg = TwistStamped()
+        msg.header.stamp.sec, msg.header.stamp.nanosec = split_ns(stamp_ns)
+        msg.header.frame_id = self.params.base_frame
+        msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(v) for v in velocity.linear)
+        msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = (float(v) for v in velocity.angular)
+        return msg
 
     # -- inputs ----------------------------------------------------------------------
+    def _guard(self, callback: Any) -> Any:
+        """A callback that never raises into the executor (which would end the node)."""
+        def guarded(*args: Any) -> Any:
+            try:
+                return callback(*args)
+            except Exception as err:
+                self.counters["internal_errors"] += 1
+                self._warn.warning(f"internal {callback.__name__}", f"{callback.__name__} failed: {err!r}")
+                return None
+        return guarded
+
     def _on_delta_with_info(self, msg: Any, info: Any) -> None:
         """The watchdog counts from the delta's publication, so queueing here cannot extend motion."""
-        source_ns = info.get("source_timestamp") or 0
-        age = (time.time_ns() - source_ns) * 1e-9 if source_ns > 0 else 0.0
+        source_ns = info.get("source_timestamp") if hasattr(info, "get") else None
+        age = (time.time_ns() - source_ns) * 1e-9 if isinstance(source_ns, int) and source_ns > 0 else 0.0
         if age > self.params.watchdog_timeout_s:
-            self.get_logger().warning(f"delta published {age:.3f} s ago, more than the watchdog timeout: not "
-                                      "streamed (slow transport or unsynchronized clocks?)",
-                                      throttle_duration_sec=WARN_PERIOD_S)
+            self._warn.warning("late_delta", f"delta published {age:.3f} s ago, more than the watchdog timeout: "
+                                             "not streamed (slow transport or unsynchronized clocks?)")
         self._on_delta(msg, age)
 
     def _on_delta(self, msg: Any, publish_age_s: float = 0.0) -> None:
+        with self._lock:  # (re-entrant) with synchronous_stream the whole answer goes out before any tick
+            try:
+                self._handle_delta(msg, publish_age_s)
+            except Exception as err:  # a message must never end the node: count it, stop, go on
+                self._reject(Rejection(RejectReason.INTERNAL_ERROR, f"unexpected {err!r}"))
+            if self.params.synchronous_stream and self._active and not self._homing:
+                self._answer_synchronously()
+
+    def _answer_synchronously(self) -> None:
+        """synchronous_stream (a synchronous simulator, see magma_ros.sim.lockstep): answer this delta
+        at once with the step's twist, stamped now (zero when nothing was accepted), then end the
+        stream (zeros). Not ramped: the simulator holds the twist for the whole step. Lock held."""
+        self._publish_twist(self.stream.velocity)
+        self._halt()
+
+    def _handle_delta(self, msg: Any, publish_age_s: float) -> None:
         self.counters["received"] += 1
         if not self._active or self._homing:
             self.counters["inactive" if not self._active else "ignored_homing"] += 1
@@ -259,107 +384,88 @@ class ServoBridgeNode(LifecycleNode):
                 self._reject(Rejection(RejectReason.FRAME_MISMATCH, f"delta in frame {msg.header.frame_id!r}, "
                                                                     f"expected {p.base_frame!r}"))
                 return
-            now = self.get_clock().now()
-            stamp = Time.from_msg(msg.header.stamp, clock_type=now.clock_type)
-            if self._activated_at is not None and stamp < self._activated_at <= now:
+            now_ns = self.get_clock().now().nanoseconds
+            try:
+                stamp_ns = stamp_to_ns(msg.header.stamp)
+            except StampError as err:
+                self._reject(Rejection(RejectReason.BAD_STAMP, f"delta {err}"))
+                return
+            if self._activated_at_ns is not None and stamp_ns < self._activated_at_ns <= now_ns:
                 self._reject(Rejection(RejectReason.STALE_DELTA, "inferred from a frame taken before activation"))
                 return
             delta = Delta((msg.dx, msg.dy, msg.dz), (msg.droll, msg.dpitch, msg.dyaw), msg.gripper,
-                          msg.step_period, (now - stamp).nanoseconds * 1e-9)
-            result = self.filter.check(delta, self._current_pose(now), self.stream.velocity)
+                          msg.step_period, (now_ns - stamp_ns) * 1e-9)
+            result = self.filter.check(delta, self._current_pose(now_ns), self.stream.speed_bound)
             if isinstance(result, Rejection):
                 self._reject(result)
                 return
+            accepted, burst_interval = time.monotonic(), self.filter.limits.min_step_period_s
+            if self._last_accepted is not None and accepted - self._last_accepted < burst_interval:
+                self.counters["burst"] += 1  # harmless (acceleration is limited per second), but a sign of trouble
+                self._warn.warning("burst", f"deltas arrive faster than one per min_step_period_s "
+                                            f"({self.filter.limits.min_step_period_s} s); the newest wins")
+            self._last_accepted = accepted
             self.counters["commands"] += 1
             for adjustment in result.adjustments:
                 self.counters[adjustment.value] += 1
             self.stream.start(result, publish_age_s)
-            self._send_tick()
-            self._filtered_pub.publish(self._twist(result.velocity, msg.header.stamp))
+            if self.stream.velocity.is_zero():
+                self._wake.set()  # a zero step stops the stream: zeros now
+            self._filtered_pub.publish(self._twist(result.velocity, stamp_ns))
             self._update_gripper(msg.gripper)
 
     def _on_pose(self, msg: PoseStamped) -> None:
+        try:
+            reason, detail = self._check_pose(msg)
+        except Exception as err:
+            reason, detail = RejectReason.NON_FINITE, f"unreadable pose: {err!r}"
+        if reason is not None:
+            self.pose_rejected[reason.value] += 1
+            self._warn.warning(f"pose {reason.value}", f"EE pose ignored ({reason.value}): {detail}")
+
+    def _check_pose(self, msg: PoseStamped) -> tuple[RejectReason | None, str]:
         if msg.header.frame_id != self.params.base_frame:
-            self.counters["pose_frame_mismatch"] += 1
-            self.get_logger().warning(f"EE pose in frame {msg.header.frame_id!r} ignored (expected "
-                                      f"{self.params.base_frame!r})", throttle_duration_sec=WARN_PERIOD_S)
-            return
-        self._pose = msg
+            return RejectReason.FRAME_MISMATCH, f"frame {msg.header.frame_id!r}, expected {self.params.base_frame!r}"
+        try:
+            stamp_ns = stamp_to_ns(msg.header.stamp)
+        except StampError as err:
+            return RejectReason.BAD_STAMP, str(err)
+        q, o = msg.pose.position, msg.pose.orientation
+        numbers = (q.x, q.y, q.z, o.x, o.y, o.z, o.w)
+        if not all(math.isfinite(v) for v in numbers):
+            return RejectReason.NON_FINITE, f"non-finite pose {numbers}"
+        self._pose = ((q.x, q.y, q.z), stamp_ns)
+        return None, ""
 
     def _on_estop(self, msg: Bool) -> None:
-        with self._lock:
-            if not self.estop.update(msg.data):
-                return
-            self.get_logger().error("E-STOP engaged: streaming stopped until ~/reset_estop")
-            if self._active:
+        try:
+            with self._lock:
+                if not self.estop.update(bool(msg.data)):
+                    return
+                self.get_logger().error("E-STOP engaged: streaming stopped until ~/reset_estop")
                 self.stream.stop(StreamEnd.STOPPED)
-                self._send_tick()
-        self._call_pause(True)
+                self._wake.set()
+            self._call_pause(True)
+        except Exception as err:  # the latch is set before anything here can fail
+            self.counters["internal_errors"] += 1
+            self._warn.warning("estop", f"e-stop handling failed after latching: {err!r}")
 
     def _on_reset_estop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        with self._lock:
-            try:
-                self.estop.reset()
-            except EStopAssertedError as err:
-                response.success, response.message = False, str(err)
-                return response
-            self._gripper_sent = None
-        self.get_logger().info("e-stop reset")
-        if self._active:
-            self._prepare_servo()
-        response.success, response.message = True, "e-stop reset"
+        try:
+            with self._lock:
+                try:
+                    self.estop.reset()
+                except EStopAssertedError as err:
+                    response.success, response.message = False, str(err)
+                    return response
+                self._gripper_sent = None
+            self.get_logger().info("e-stop reset")
+            if self._active:
+                self._prepare_servo()
+            response.success, response.message = True, "e-stop reset"
+        except Exception as err:
+            response.success, response.message = False, f"reset failed: {err!r}"
         return response
-
-    # -- output ----------------------------------------------------------------------
-    def _on_tick(self) -> None:
-        with self._lock:
-            if not self._active:
-                return
-            velocity = self.stream.velocity
-            box = self.filter.limits.workspace
-            if box is not None and not velocity.is_zero():
-                pose = self._current_pose(self.get_clock().now())
-                if pose is not None and box.heading_out(pose.position, velocity.linear):
-                    self.counters["workspace_breach_stops"] += 1
-                    self.get_logger().warning(f"EE at {pose.position} is outside the workspace: stream stopped",
-                                              throttle_duration_sec=WARN_PERIOD_S)
-                    self.stream.stop(StreamEnd.STOPPED)
-            self._send_tick()
-
-    def _send_tick(self) -> None:
-        velocity = self.stream.next_message()
-        if velocity is None:
-            return
-        self._publish_twist(velocity)
-
-    def _publish_twist(self, velocity: Velocity) -> None:
-        if self.params.dry_run:
-            return
-        self._twist_pub.publish(self._twist(velocity, self.get_clock().now().to_msg()))
-        self.counters["zero_twists_sent" if velocity.is_zero() else "twists_sent"] += 1
-
-    def _halt(self) -> None:
-        """Stop now: if anything was streaming, send all the zero twists at once."""
-        if self.stream.active:
-            self.stream.stop(StreamEnd.STOPPED)
-            for _ in range(self.params.zero_messages):
-                self._publish_twist(ZERO)
-        self.stream.silence()
-
-    def _twist(self, velocity: Velocity, stamp: Any) -> TwistStamped:
-        msg = TwistStamped()
-        msg.header.stamp = stamp
-        msg.header.frame_id = self.params.base_frame
-        msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z = (float(v) for v in velocity.linear)
-        msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z = (float(v) for v in velocity.angular)
-        return msg
-
-    def _reject(self, rejection: Rejection) -> None:
-        self.rejected[rejection.reason.value] += 1
-        self.get_logger().warning(f"delta rejected ({rejection.reason.value}): {rejection.detail}",
-                                  throttle_duration_sec=WARN_PERIOD_S)
-        self.stream.stop(StreamEnd.STOPPED)
-        self._send_tick()
 
     def _update_gripper(self, opening: float) -> None:
         p = self.params
@@ -374,7 +480,7 @@ class ServoBridgeNode(LifecycleNode):
         self._gripper_sent = state
         if p.dry_run:
             return
-        position = p.gripper_open_position if state > 0.5 else p.gripper_closed_position
+        position = GripperJoints(p.gripper_open_position, p.gripper_closed_position).position(state)
         msg = JointTrajectory()
         msg.joint_names = list(p.gripper_joint_names)
         point = JointTrajectoryPoint()
@@ -388,6 +494,13 @@ class ServoBridgeNode(LifecycleNode):
             goal.command.position = float(position)
             goal.command.max_effort = float(p.gripper_max_effort)
             self._gripper_action.send_goal_async(goal)
+
+    def _reject(self, rejection: Rejection) -> None:
+        """Count it, say why (rate-limited per reason), stop the stream: zeros go out now."""
+        self.rejected[rejection.reason.value] += 1
+        self._warn.warning(rejection.reason.value, f"delta rejected ({rejection.reason.value}): {rejection.detail}")
+        self.stream.stop(StreamEnd.STOPPED)
+        self._wake.set()
 
     # -- MoveIt Servo services (only where they exist) -------------------------------
     def _prepare_servo(self) -> None:
@@ -409,7 +522,10 @@ class ServoBridgeNode(LifecycleNode):
 
     # -- go home (MoveItPy only) -----------------------------------------------------
     def _on_go_home(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        success, message = self._go_home()
+        try:
+            success, message = self._go_home()
+        except Exception as err:
+            success, message = False, f"go_home failed: {err!r}"
         response.success, response.message = success, message
         return response
 
@@ -444,22 +560,20 @@ class ServoBridgeNode(LifecycleNode):
             self._homing = False
 
     # -- helpers ---------------------------------------------------------------------
-    def _age_s(self, stamp: Any, now: Time) -> float:
-        return (now - Time.from_msg(stamp, clock_type=now.clock_type)).nanoseconds * 1e-9
-
-    def _current_pose(self, now: Time) -> Pose | None:
+    def _current_pose(self, now_ns: int) -> Pose | None:
         if self._tf_buffer is not None:
             try:
                 transform = self._tf_buffer.lookup_transform(self.params.base_frame, self.params.ee_frame, Time())
-            except Exception:  # tf2 lookup/extrapolation/connectivity errors: no pose known
+                stamp_ns = stamp_to_ns(transform.header.stamp)
+            except Exception:  # tf2 lookup/extrapolation/connectivity errors, bad stamps: no pose known
                 return None
             t = transform.transform.translation
-            return Pose((t.x, t.y, t.z), self._age_s(transform.header.stamp, now))
-        msg = self._pose
-        if msg is None:
+            return Pose((t.x, t.y, t.z), (now_ns - stamp_ns) * 1e-9)
+        known = self._pose
+        if known is None:
             return None
-        q = msg.pose.position
-        return Pose((q.x, q.y, q.z), self._age_s(msg.header.stamp, now))
+        position, stamp_ns = known
+        return Pose(position, (now_ns - stamp_ns) * 1e-9)
 
     def _publish_diagnostics(self) -> None:
         p = self.params
@@ -476,7 +590,9 @@ class ServoBridgeNode(LifecycleNode):
         values = {**self.counters,
                   **{f"rejected_{reason}": count for reason, count in self.rejected.items()},
                   "rejected": sum(self.rejected.values()),
+                  **{f"pose_rejected_{reason}": count for reason, count in self.pose_rejected.items()},
                   "watchdog_trips": self.stream.ends[StreamEnd.WATCHDOG],
+                  **{key: f"{value:.2f}" for key, value in self.timing.items()},
                   "estop_engaged": self.estop.engaged, "estop_asserted": self.estop.asserted,
                   "estop_trips": self.estop.trips, "streaming": not self.stream.velocity.is_zero(),
                   "dry_run": p.dry_run}
@@ -491,4 +607,5 @@ NODE = ServoBridgeNode
 
 
 def main(args: list[str] | None = None) -> int:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     return run_node(ServoBridgeNode, args)
