@@ -239,6 +239,7 @@ class _Storage:
     name: str                        # the file as the bag names it (x_0.mcap, x_0.mcap.zstd)
     reader: Any                      # rosbags McapReader / Sqlite3Reader
     streams: dict[tuple[str, str], list[Any]]  # (topic, type) -> storage connections
+    chunk_starts: dict[int, int] = field(default_factory=dict)  # mcap chunk offset -> earliest time
 
 
 @dataclass
@@ -337,8 +338,8 @@ class BagReader:
             self._lost_files.append(Unreadable(count, f"{name} cannot be read ({why})"))
             self._warn(f"{self.path}: storage file {name} cannot be read, {_count(count)} lost: {why}")
         self._index()
-        if self._tmp is not None and self.message_count == 0 and any("truncated" in n for n in self._notes):
-            raise CorruptBagError(f"bag {self.path} is truncated before its first complete message")
+        if self._notes and self.message_count == 0:  # repaired or partly decompressed, and nothing left
+            raise CorruptBagError(f"bag {self.path} holds no complete message: {'; '.join(self._notes)}")
 
     def _has_metadata(self) -> bool:
         return self.path.is_dir() and (self.path / "metadata.yaml").is_file()
@@ -395,38 +396,42 @@ class BagReader:
 
     def _open_storage(self, name: str, path: Path) -> _Storage | None:
         """Open one storage file: decompress a .zstd one, repair a cut mcap, fall back to scanning."""
+        partial = False
         if path.suffix == ".zstd":
-            path = self._decompress_file(name, path)
+            path, partial = self._decompress_file(name, path)
         if path.suffix == ".mcap":
             if _mcap_truncated(path):
-                path = self._repair(name, path, "is truncated (recording interrupted?)")
+                path = self._repair(name, path, "is cut short where its zstd stream breaks" if partial
+                                    else "is truncated (recording interrupted?)")
             try:
                 reader = _open_reader(McapReader, path)
-                problem = _mcap_index_problem(reader, path)
+                problem, starts = _mcap_index_problem(reader, path)
             except _DAMAGE as err:
                 if not _is_mcap(path):
                     raise CorruptBagError(f"cannot read bag {self.path}: {name}: {_describe(err)}") from err
-                reader, problem = None, _describe(err)
+                reader, problem, starts = None, _describe(err), {}
             if problem:
                 if reader is not None:
                     with contextlib.suppress(Exception):
                         reader.close()
                 why = f"has a damaged index ({problem})"
                 reader = _open_reader(McapReader, self._repair(name, path, why), name, self.path)
+                starts = {}
         else:
             reader = _open_reader(Sqlite3Reader, path, name, self.path)
+            starts = {}
         streams: dict[tuple[str, str], list[Any]] = {}
         for conn in reader.connections:
             streams.setdefault((conn.topic, conn.msgtype), []).append(conn)
-        return _Storage(name, reader, streams)
+        return _Storage(name, reader, streams, starts)
 
-    def _decompress_file(self, name: str, path: Path) -> Path:
-        """A zstd file-compressed storage file decompressed to the temporary directory."""
+    def _decompress_file(self, name: str, path: Path) -> tuple[Path, bool]:
+        """A zstd file-compressed storage file decompressed to the temporary directory; whether only partly."""
         target = self._temp_dir() / path.stem
         written = 0
         try:
             with path.open("rb") as raw, zstd.open(raw, "rb") as src, target.open("wb") as dst:
-                while block := src.read(1 << 22):
+                while block := src.read(1 << 16):  # small blocks: a damaged stream keeps its good part
                     dst.write(block)
                     written += len(block)
         except (zstd.ZstdError, EOFError) as err:
@@ -435,7 +440,8 @@ class BagReader:
                                       f"({_describe(err)})") from err
             self._notes.append(f"{name} decompresses only to byte {written} ({_describe(err)})")
             self._warn(f"{path}: zstd stream damaged; reading the first {written} decompressed bytes")
-        return target
+            return target, True
+        return target, False
 
     def _repair(self, name: str, path: Path, why: str) -> Path:
         target = self._temp_dir() / f"repaired_{path.name}"
@@ -594,7 +600,9 @@ class BagReader:
             return
         reader, name = storage.reader, storage.name
         if isinstance(reader, McapReader) and reader.chunks:
-            sources = [_chunk_messages(reader, chunk, conns, start, stop, tally, name) for chunk in reader.chunks
+            sources = [_chunk_messages(reader, chunk, conns, start, stop, tally, name,
+                                       storage.chunk_starts.get(chunk.chunk_start_offset, chunk.message_start_time))
+                       for chunk in reader.chunks
                        if (start is None or start <= chunk.message_end_time)
                        and (stop is None or chunk.message_start_time < stop)
                        and any(chunk.channel_count.get(cid, 0) for cid in conns)]
@@ -697,33 +705,39 @@ def _is_mcap(path: Path) -> bool:
         return f.read(len(_MCAP_MAGIC)) == _MCAP_MAGIC
 
 
-def _mcap_index_problem(reader: Any, path: Path) -> str:
-    """What is wrong with an opened mcap's summary (chunk index, statistics), '' when it is consistent.
+def _mcap_index_problem(reader: Any, path: Path) -> tuple[str, dict[int, int]]:
+    """What is wrong with an opened mcap's summary (chunk index, statistics), '' when it is consistent;
+    and each chunk's earliest time by its index or its own header, whichever is earlier.
 
     The reader trusts the summary; a damaged byte there would misplace chunks or
     misstate counts, so it is checked against itself and the chunk records it points to
     (a damaged chunk itself is caught when it is read: decompression, checksum, records).
+    A chunk is decoded when the merge reaches its earliest time: taking the earlier of
+    the two copies keeps the order when one of them is damaged.
     """
+    starts: dict[int, int] = {}
     if not reader.chunks:
-        return ""
+        return "", starts
     size = path.stat().st_size
     totals: dict[int, int] = {}
     with path.open("rb") as f:
         for chunk in reader.chunks:
             if not 0 < chunk.chunk_start_offset < size:
-                return f"chunk index points outside the file ({chunk.chunk_start_offset})"
+                return f"chunk index points outside the file ({chunk.chunk_start_offset})", starts
             f.seek(chunk.chunk_start_offset)
-            if f.read(1) != b"\x06":
-                return f"chunk index points to no chunk (byte {chunk.chunk_start_offset})"
+            head = f.read(9 + 8)
+            if len(head) < 17 or head[0] != 0x06:
+                return f"chunk index points to no chunk (byte {chunk.chunk_start_offset})", starts
+            starts[chunk.chunk_start_offset] = min(chunk.message_start_time, int.from_bytes(head[9:], "little"))
             for cid, count in chunk.channel_count.items():
                 totals[cid] = totals.get(cid, 0) + count
     stats = reader.statistics
     if stats is not None and {k: v for k, v in stats.channel_message_counts.items() if v} != \
             {k: v for k, v in totals.items() if v}:
-        return "statistics disagree with the chunk index"
+        return "statistics disagree with the chunk index", starts
     if any(cid not in reader.channels for cid in totals):
-        return "chunk index names unknown channels"
-    return ""
+        return "chunk index names unknown channels", starts
+    return "", starts
 
 
 def _open_reader(cls: type, path: Path, name: str = "", bag: Path | None = None) -> Any:
@@ -794,14 +808,14 @@ def _parse_definition(conn: Any) -> dict[str, Any]:
 
 
 def _chunk_messages(reader: Any, chunk: Any, conns: dict[int, tuple[str, str]], start: int | None,
-                    stop: int | None, tally: _Tally, name: str,
+                    stop: int | None, tally: _Tally, name: str, first: int,
                     ) -> Iterator[tuple[int, tuple[str, str] | None, bytes, str]]:
     """One mcap chunk's messages in time order, decoded only when the merge reaches the chunk.
 
     A chunk that does not decompress, fails its checksum or holds a malformed record
     is counted as lost (its index says how many messages it held) and skipped.
     """
-    yield chunk.message_start_time, None, b"", name  # the merge's place holder until the chunk is due
+    yield first, None, b"", name  # the merge's place holder until the chunk is due
     expected = sum(chunk.channel_count.get(cid, 0) for cid in conns)
     where = f"{name} chunk at byte {chunk.chunk_start_offset}"
     bio = reader.bio

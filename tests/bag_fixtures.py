@@ -340,3 +340,15 @@ def copy(source: Path, target: Path) -> Path:
 
 def crc32(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def chunk_counts(path: Path) -> list[tuple[int, int]]:
+    """(chunk offset, messages in it) of an intact mcap file, from its chunk index (rosbags' reader)."""
+    from rosbags.rosbag2.storage_mcap import McapReader
+
+    reader = McapReader(path)
+    reader.open()
+    try:
+        return [(c.chunk_start_offset, sum(c.channel_count.values())) for c in reader.chunks]
+    finally:
+        reader.close()

@@ -18,8 +18,26 @@ from std_msgs.msg import String
 from magma_ros import contract
 from magma_ros.bags import BagReader, write_bag
 from magma_ros.ros.bag_player import BagPlayer, ReplayOptions, restamp_cdr
+from tests.bag_fixtures import (
+    SERVICE_EVENT_TOPIC,
+    T0,
+    UNKNOWN_TOPIC,
+    add_chunk_crcs,
+    copy,
+    custom_typestore,
+    cut,
+    flip,
+    image_bytes,
+    mcap_chunks,
+    sample_records,
+    storage_file,
+    talker_records,
+    write_qos_bag,
+    write_records,
+    write_service_event_bag,
+    write_split_bag,
+)
 from tests.ros.harness import VENV_BIN, RosGraph, wait_for
-from tests.test_bags import T0, UNKNOWN_TOPIC, custom_typestore, cut, image_bytes, sample_records
 
 REMAPPED_IMAGE = "/replayed/image"
 
@@ -226,24 +244,121 @@ def bags(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in result.stderr.splitlines()
+            if line.startswith("magma-ros replay:") and not line.startswith("magma-ros replay: warning:")]
+
+
 @pytest.mark.parametrize("name, message", [("missing", "bag not found"), ("garbage", "cannot read bag"),
-                                           ("mcap_cut_in_first_chunk", "truncated"),
-                                           ("sqlite_cut", "malformed"), ("sqlite_cut_tail", "corrupt after")])
+                                           ("mcap_cut_in_first_chunk", "holds no complete message"),
+                                           ("sqlite_cut", "malformed"),
+                                           ("sqlite_cut_tail", "unreadable: 4 messages: sqlite3.db3 breaks after")])
 def test_bad_bags_fail_with_one_line_and_no_traceback(bags: dict[str, Path], name: str, message: str) -> None:
     result = run_cli(str(bags[name]), "--rate", "0", "--clock-hz", "1000")
     assert result.returncode == 1, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("magma-ros replay:")]
+    errors = error_lines(result)
     assert len(errors) == 1 and message in errors[0], result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_repairable_mcap_plays_its_readable_part_with_a_warning(bags: dict[str, Path]) -> None:
-    result = run_cli(str(bags["mcap_cut_repairable"]), "--rate", "0")
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_cut_mcap_plays_its_readable_part_then_says_how_many_are_missing(bags: dict[str, Path]) -> None:
+    """metadata.yaml announces 55: playing 20 of them is not what was asked for (exit 1, one line)."""
+    path = bags["mcap_cut_repairable"]
+    result = run_cli(str(path), "--rate", "0")
+    assert result.returncode == 1, result.stdout + result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("magma-ros replay: warning:")]
     assert len(warnings) == 1 and "truncated" in warnings[0], result.stderr
-    assert "replay: done" in result.stdout
+    assert error_lines(result) == [
+        f"magma-ros replay: bag {path}: read 20 of 55 messages (metadata.yaml announces 55, the storage files hold "
+        "20); 35 unreadable: 35 announced but not in the storage files (mcap.mcap is truncated (recording "
+        "interrupted?); read up to its last complete record (byte 1156654 of 1666943))"], result.stderr
+    assert "replay: failed | 20 msgs" in result.stdout
+
+
+def test_cut_mcap_without_metadata_plays_what_there_is_with_a_warning(bags: dict[str, Path], tmp_path: Path) -> None:
+    """A recorder killed mid-write leaves no metadata.yaml: nothing announced more than the file holds."""
+    path = copy(bags["mcap_cut_repairable"], tmp_path / "unclosed")
+    (path / "metadata.yaml").unlink()
+    result = run_cli(str(path), "--rate", "0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("magma-ros replay: warning:")]
+    assert len(warnings) == 2 and "metadata.yaml missing" in warnings[0] and "truncated" in warnings[1]
+    assert "replay: done | 20 msgs" in result.stdout
+    assert f"magma-ros replay: bag {path}: read 20 of 20 messages\n" in result.stdout  # all the file holds
+
+
+def test_damaged_chunk_is_played_around_then_reported(tmp_path: Path) -> None:
+    records = sample_records(n_images=12, width=320, height=240)
+    path = write_records(tmp_path / "zstd", records, compression="chunks")
+    add_chunk_crcs(storage_file(path))
+    chunk = mcap_chunks(storage_file(path))[1]
+    flip(storage_file(path), chunk.data_offset + chunk.data_size // 2, 0xFF)
+    result = run_cli(str(path), "--rate", "0")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert error_lines(result) == [
+        f"magma-ros replay: bag {path}: read 32 of 55 messages announced by metadata.yaml; 23 unreadable: "
+        f"23 messages: zstd.mcap chunk at byte {chunk.offset} is damaged (Unable to decompress Zstandard data: "
+        "Data corruption detected)"], result.stderr
+    assert "replay: failed | 32 msgs" in result.stdout and "Traceback" not in result.stderr
+
+
+EPISODE_TOPICS = {contract.INSTRUCTION.name: (String, 1), contract.CAMERA_IMAGE.name: (Image, 12),
+                  contract.JOINT_STATES.name: (JointState, 30), contract.EE_POSE.name: (PoseStamped, 12)}
+
+
+def play_all(graph: RosGraph, spawn, path: Path, expect: dict[str, tuple[type, int]], *args: str) -> str:
+    """Run `magma-ros replay` on a bag; every expected topic must deliver its count, exit 0.
+
+    Camera frames go best effort (sensor-data QoS): they are subscribed (the player waits for a
+    subscriber on every topic) but not counted, as a loaded machine may drop some on our side."""
+    probe = graph.node("probe")
+    received = {topic: deep_collect(probe, cls, topic, reliable=topic != contract.CAMERA_IMAGE.name)
+                for topic, (cls, _) in expect.items()}
+    expect = {t: e for t, e in expect.items() if t != contract.CAMERA_IMAGE.name}
+    replay = spawn("magma-ros", "replay", str(path), "--rate", "4", "--wait-for-subscribers", "10", "--progress",
+                   "0", *args)
+    assert wait_for(lambda: not replay.alive(), 60), replay.output()
+    assert replay.proc.returncode == 0, replay.output()
+    assert wait_for(lambda: all(len(received[t]) == n for t, (_, n) in expect.items()), 5), (
+        {t: len(m) for t, m in received.items()}, replay.output())
+    return replay.output()
+
+
+def test_cli_plays_every_message_of_a_split_bag_whose_metadata_starts_late(graph: RosGraph, spawn,
+                                                                          tmp_path: Path) -> None:
+    records = sample_records(n_images=12)
+    path = write_split_bag(tmp_path / "wbag", records, "mcap", parts=3)  # starting_time: the last file's
+    output = play_all(graph, spawn, path, EPISODE_TOPICS)
+    assert "(mcap, 3 file(s), 55 msgs, metadata.yaml announces 55," in output
+    assert "replay: done | 55 msgs" in output
+    assert f"magma-ros replay: bag {path}: read 55 of 55 messages announced by metadata.yaml" in output
+
+
+@pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
+def test_cli_plays_all_20_of_a_talker_bag_whose_qos_differs(graph: RosGraph, spawn, tmp_path: Path,
+                                                            storage: str) -> None:
+    path = write_qos_bag(tmp_path / "talker", talker_records(20), storage)
+    output = play_all(graph, spawn, path, {"/chatter": (String, 20)})
+    assert f"magma-ros replay: bag {path}: read 20 of 20 messages announced by metadata.yaml" in output
+
+
+def test_cli_plays_a_zstd_file_compressed_sqlite_bag(graph: RosGraph, spawn, tmp_path: Path) -> None:
+    path = write_records(tmp_path / "compressed", sample_records(n_images=12), "sqlite3", compression="file")
+    output = play_all(graph, spawn, path, EPISODE_TOPICS)
+    assert f"magma-ros replay: bag {path}: read 55 of 55 messages announced by metadata.yaml" in output
+
+
+def test_cli_skips_service_events_once_and_refuses_them_by_name(graph: RosGraph, spawn, tmp_path: Path) -> None:
+    path = write_service_event_bag(tmp_path / "jazzy", sample_records(n_images=12), "mcap", events=4)
+    output = play_all(graph, spawn, path, EPISODE_TOPICS)
+    skips = [line for line in output.splitlines() if "cannot be decoded" in line]
+    assert len(skips) == 1 and f"{SERVICE_EVENT_TOPIC}: 4 messages skipped" in skips[0], output
+    # said once (above); the account covers the topics played: all of theirs
+    assert f"magma-ros replay: bag {path}: read 55 of 55 messages announced by metadata.yaml\n" in output
+    asked = run_cli(str(path), "--topics", SERVICE_EVENT_TOPIC, contract.JOINT_STATES.name)
+    assert asked.returncode == 2 and error_lines(asked) == [
+        f"magma-ros replay: cannot play requested topic(s): {SERVICE_EVENT_TOPIC} (skipped, its type's stored "
+        "definition is a service (.srv) one, which no message parser reads)"], asked.stderr
 
 
 @pytest.mark.parametrize("args, message", [(("--rate", "-1"), "rate must be >= 0"),
