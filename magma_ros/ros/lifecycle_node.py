@@ -7,7 +7,8 @@ and writes only what is its own:
 * ``setup()``: on configure, create resources through the ``own_*`` helpers (publishers,
   subscriptions, timers, services, clients, anything with a release function via
   :meth:`ManagedNode.own`). Raise to fail: everything created so far is released (newest
-  first), the traceback is logged, and the node stays unconfigured.
+  first), the error is logged (one line for :class:`SetupError` / ContractError, with the
+  traceback for anything unexpected), and the node stays unconfigured.
 * ``teardown()``: node state that is not a registered resource (optional).
 * ``activate()``: prepare to become active (publishers already enabled; the node is active
   right after it returns). ``deactivate()``: after the safety action. Both optional.
@@ -36,6 +37,10 @@ from magma_ros.contract import ContractError, NodeParameters
 from magma_ros.ros.runtime import accept_parameter_changes, declare_parameters
 
 P = TypeVar("P", bound=NodeParameters)
+
+
+class SetupError(RuntimeError):
+    """An expected reason a transition cannot complete (a model that does not load, a missing package)."""
 
 
 class ResourceRegistry:
@@ -196,8 +201,11 @@ class ManagedNode(LifecycleNode, Generic[P]):
         """Run a hook; on an exception log it with its traceback (rclpy would swallow it) and return False."""
         try:
             hook()
+        except (SetupError, ContractError) as err:
+            self.get_logger().error(f"{what} failed: {err}")
+            return False
         except Exception as err:
-            self.get_logger().error(f"{what} failed: {err}\n{traceback.format_exc().rstrip()}")
+            self.get_logger().error(f"{what} failed: {err!r}\n{traceback.format_exc().rstrip()}")
             return False
         return True
 

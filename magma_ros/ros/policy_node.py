@@ -1,7 +1,8 @@
 """magma_policy_node: camera frames in, Magma predictions and end-effector steps out.
 
-A lifecycle node: it comes up unconfigured (or configures and activates itself with
-``autostart``), loads the model on configure, and publishes only while active.
+A lifecycle node (:class:`magma_ros.ros.lifecycle_node.ManagedNode`): it comes up
+unconfigured (or configures and activates itself with ``autostart``), loads the model on
+configure, and publishes only while active. ``instruction`` may be set at run time.
 
 Threads: the executor thread only stores the newest frame (and the latest CameraInfo /
 depth); an action thread converts the newest frame and runs the 7-DoF action query;
@@ -9,7 +10,8 @@ when ``trace_period_s`` > 0 a trace thread runs the slower Trace-of-Mark query o
 newest converted frame every period, so traces never hold up actions. A slow model
 drops frames (counted), it never queues them. Frames older than
 ``max_observation_age_s`` are never acted on, neither before nor after inference.
-Malformed frames are logged (rate-limited), counted and dropped.
+Malformed frames (bad stamps included, checked where they enter) are logged (rate-limited),
+counted and dropped.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header, String
 
@@ -34,9 +34,11 @@ from magma_ros.codecs import GripperHysteresis
 from magma_ros.contract import PolicyNodeParameters
 from magma_ros.image_codec import ImageConversionError, depth_to_meters, message_to_rgb8, numpy_to_image
 from magma_ros.pipeline import LatestSlot, RollingWindow
+from magma_ros.ros.lifecycle_node import ManagedNode, SetupError
 from magma_ros.ros.messages import ee_delta_message, prediction_message, trace_markers
-from magma_ros.ros.runtime import declare_parameters, message_type, qos, run_node
+from magma_ros.ros.runtime import message_type, qos, run_node
 from magma_ros.srv import SetInstruction
+from magma_ros.stamps import StampError, stamp_age_s, stamp_to_ns
 from magma_ros.visualization import annotate_frame, backproject, default_intrinsics
 
 WARN_PERIOD_S = 5.0
@@ -51,74 +53,60 @@ class Observation:
     stamp_ns: int
 
 
-class PolicyNode(LifecycleNode):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(PolicyNodeParameters.NODE_NAME, **kwargs)
-        self.params = declare_parameters(self, PolicyNodeParameters)
+class PolicyNode(ManagedNode[PolicyNodeParameters]):
+    PARAMETERS = PolicyNodeParameters
+
+    def initialize(self) -> None:
         self._lock = threading.Lock()
         self._instruction = self.params.instruction
         self._slot: LatestSlot[Any] = LatestSlot()
         self._backend: PolicyBackend | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
-        self._active = False
         self._observation: Observation | None = None
         self._traces: PolicyOutput | None = None
         self._camera_info: CameraInfo | None = None
         self._depth_msg: Any = None
         self._gripper = GripperHysteresis(self.params.gripper_open_threshold, self.params.gripper_close_threshold)
-        self._own_subscriptions: list[Any] = []
-        self._own_services: list[Any] = []
-        self._own_timers: list[Any] = []
-        self._own_publishers: list[Any] = []
         self.counters = {"received": 0, "processed": 0, "dropped_newer_frame": 0, "stale": 0, "rejected": 0,
-                         "inactive": 0, "invalid_action": 0, "commanded": 0, "trace_queries": 0}
+                         "inactive": 0, "bad_stamp": 0, "invalid_action": 0, "commanded": 0, "trace_queries": 0}
         self._processed = RollingWindow()
         self._latency_ms = RollingWindow()
         self._model_ms = RollingWindow()
         # Where the node's own time goes (ms): waiting for the action thread, converting, publishing.
         self._stage_ms = {name: RollingWindow() for name in ("queue", "convert", "publish")}
-        if self.params.autostart:
-            self.trigger_configure()
-            if self._backend is not None:
-                self.trigger_activate()
 
     # -- lifecycle -------------------------------------------------------------------
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def setup(self) -> None:
         p = self.params
         try:
             self._backend = create_backend(p.backend, checkpoint=p.checkpoint, dtype=p.dtype, device=p.device,
                                            statistics=p.statistics, temperature=p.sampling_temperature)
         except BackendError as err:
-            self.get_logger().error(f"cannot load the model: {err}")
-            return TransitionCallbackReturn.FAILURE
+            raise SetupError(f"cannot load the model: {err}") from err
+        self.own("model backend", self._close_backend)
 
         def lifecycle_pub(topic: contract.Topic, name: str) -> Any:
-            pub = self.create_lifecycle_publisher(message_type(topic), name, qos(topic))
-            self._own_publishers.append(pub)
-            return pub
+            return self.own_publisher(message_type(topic), name, qos(topic))
 
         self._prediction_pub = lifecycle_pub(contract.PREDICTION, p.prediction_topic)
         self._delta_pub = lifecycle_pub(contract.EE_DELTA, p.ee_delta_topic)
         self._annotated_pub = lifecycle_pub(contract.ANNOTATED_IMAGE, p.annotated_image_topic)
         self._markers_pub = lifecycle_pub(contract.TRACE_MARKERS, p.trace_markers_topic)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, contract.DIAGNOSTICS.name,
-                                                      qos(contract.DIAGNOSTICS))
-        self._own_publishers.append(self._diagnostics_pub)
+        self._diagnostics_pub = self.own_publisher(DiagnosticArray, contract.DIAGNOSTICS.name,
+                                                   qos(contract.DIAGNOSTICS), lifecycle=False)
 
         def subscribe(topic: contract.Topic, name: str, callback: Callable[[Any], None]) -> None:
             if name:
-                self._own_subscriptions.append(
-                    self.create_subscription(message_type(topic), name, callback, qos(topic)))
+                self.own_subscription(message_type(topic), name, callback, qos(topic))
 
         subscribe(contract.CAMERA_IMAGE, p.image_topic, self._on_frame)
         subscribe(contract.CAMERA_IMAGE_COMPRESSED, p.compressed_image_topic, self._on_frame)
         subscribe(contract.CAMERA_INFO, p.camera_info_topic, self._on_camera_info)
         subscribe(contract.CAMERA_DEPTH, p.depth_topic, self._on_depth)
         subscribe(contract.INSTRUCTION, p.instruction_topic, self._on_instruction_topic)
-        self._own_services.append(self.create_service(
-            SetInstruction, contract.SET_INSTRUCTION_SERVICE, self._on_set_instruction))
-        self._own_timers.append(self.create_timer(p.diagnostics_period_s, self._publish_diagnostics))
+        self.own_service(SetInstruction, contract.SET_INSTRUCTION_SERVICE, self._on_set_instruction)
+        self.own_timer(p.diagnostics_period_s, self._publish_diagnostics)
 
         self._stop.clear()
         self._threads = [threading.Thread(target=self._run_actions, name="magma-actions", daemon=True)]
@@ -126,62 +114,47 @@ class PolicyNode(LifecycleNode):
             self._threads.append(threading.Thread(target=self._run_traces, name="magma-traces", daemon=True))
         for thread in self._threads:
             thread.start()
+        self.own("inference threads", self._stop_threads)
         self.get_logger().info(f"configured: model {self._backend.model_id!r} ({p.backend}), "
                                f"camera {p.image_topic or p.compressed_image_topic}")
-        return TransitionCallbackReturn.SUCCESS
 
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+    def activate(self) -> None:
         self._slot.clear()
         self._gripper.reset()
-        self._active = True
         self.get_logger().info(f"active: following {self.instruction!r}")
-        return super().on_activate(state)
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._active = False
+    def deactivate(self) -> None:
         self._slot.clear()
-        return super().on_deactivate(state)
 
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
+    def apply_parameters(self, new: PolicyNodeParameters, changed: set[str]) -> None:
+        if "instruction" in changed:
+            self._set_instruction(new.instruction)  # ValueError (empty): refused
 
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
-
-    def _release(self) -> None:
-        self._active = False
+    def _stop_threads(self) -> None:
         self._stop.set()
         self._slot.close()
         for thread in self._threads:
             thread.join(timeout=10.0)
         self._threads = []
         self._slot = LatestSlot()
-        for sub in self._own_subscriptions:
-            self.destroy_subscription(sub)
-        for srv in self._own_services:
-            self.destroy_service(srv)
-        for timer in self._own_timers:
-            self.destroy_timer(timer)
-        for pub in self._own_publishers:
-            if hasattr(pub, "on_activate"):
-                self.destroy_lifecycle_publisher(pub)
-            else:
-                self.destroy_publisher(pub)
-        self._own_subscriptions, self._own_services, self._own_timers, self._own_publishers = [], [], [], []
+
+    def _close_backend(self) -> None:
         if self._backend is not None:
             self._backend.close()
             self._backend = None
-
-    def close(self) -> None:
-        self._release()
 
     # -- inputs (executor thread: cheap) ----------------------------------------------
     def _on_frame(self, msg: Any) -> None:
         self.counters["received"] += 1
         if not self._active:
             self.counters["inactive"] += 1
+            return
+        try:
+            stamp_to_ns(msg.header.stamp)
+        except StampError as err:
+            self.counters["rejected"] += 1
+            self.counters["bad_stamp"] += 1
+            self.get_logger().warning(f"camera frame dropped: {err}", throttle_duration_sec=WARN_PERIOD_S)
             return
         self._slot.put(msg)
 
@@ -242,8 +215,8 @@ class PolicyNode(LifecycleNode):
                                         throttle_duration_sec=WARN_PERIOD_S)
 
     def _age_s(self, header: Any) -> float:
-        stamp = Time.from_msg(header.stamp, clock_type=self.get_clock().clock_type)
-        return (self.get_clock().now() - stamp).nanoseconds * 1e-9
+        """Age of a frame's stamp (validated in _on_frame; StampError otherwise)."""
+        return stamp_age_s(header.stamp, self.get_clock().now().nanoseconds)
 
     def _process(self, msg: Any, received: float) -> None:
         p = self.params
@@ -267,7 +240,7 @@ class PolicyNode(LifecycleNode):
         backend = self._backend
         if backend is None:
             return
-        self._observation = Observation(msg.header, rgb, Time.from_msg(msg.header.stamp).nanoseconds)
+        self._observation = Observation(msg.header, rgb, stamp_to_ns(msg.header.stamp))
         instruction = self.instruction
         output = backend.act(rgb, instruction)
         self._publish_step(msg.header, rgb, output, instruction, received, backend.model_id)

@@ -49,7 +49,7 @@ from magma_ros import contract
 from magma_ros.codecs import GripperHysteresis
 from magma_ros.contract import ContractError, ServoBridgeParameters
 from magma_ros.conventions import GripperJoints
-from magma_ros.ros.lifecycle_node import ManagedNode, ThrottledLog
+from magma_ros.ros.lifecycle_node import ManagedNode, SetupError, ThrottledLog
 from magma_ros.ros.runtime import message_type, qos, run_node
 from magma_ros.safety import (
     ZERO,
@@ -164,7 +164,7 @@ class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
         if not p.ee_pose_topic and p.workspace_enabled:
             tf2_ros = _optional("tf2_ros")
             if tf2_ros is None:
-                raise ContractError("the workspace check needs ee_pose_topic: tf2_ros is not available")
+                raise SetupError("the workspace check needs ee_pose_topic: tf2_ros is not available")
             self._tf_buffer = tf2_ros.Buffer()
             listener = tf2_ros.TransformListener(self._tf_buffer, self)
             self.own("TF listener", listener.unregister)
