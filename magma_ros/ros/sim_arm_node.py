@@ -32,7 +32,6 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Pose as PoseMsg
 from geometry_msgs.msg import PoseStamped, TwistStamped
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
@@ -47,7 +46,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from magma_ros import contract
 from magma_ros.contract import ContractError, SimArmParameters
 from magma_ros.image_codec import numpy_to_image
-from magma_ros.ros.runtime import declare_parameters, message_type, qos, run_node
+from magma_ros.ros.runtime import accept_parameter_changes, declare_parameters, message_type, qos, run_node
 from magma_ros.sim import (
     CUBE_COLORS,
     THIRD_PERSON_CAMERA,
@@ -146,7 +145,7 @@ class SimArmNode(Node):
             self._servo_pause_srv = self.create_service(
                 SetBool, f"{p.servo_node.rstrip('/')}/{contract.SERVO_PAUSE_SERVICE}", self._on_servo_pause,
                 callback_group=inputs)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        accept_parameter_changes(self, SimArmParameters, lambda: self.params, self._apply_parameters)
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         # synchronous: poll the gate often; realtime: wake once per state period of wall time
         tick = 0.005 if self.sync else min(0.02, max(0.002, 1.0 / (p.state_rate_hz * p.realtime_factor)))
@@ -377,20 +376,9 @@ class SimArmNode(Node):
         response.success, response.message = True, "servo paused" if request.data else "servo running"
         return response
 
-    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
-        values = self.params.as_dict()
-        for parameter in parameters:
-            if parameter.name == "use_sim_time":
-                continue
-            if parameter.name not in contract.SIM_RUNTIME_PARAMETERS and parameter.value != values.get(parameter.name):
-                return SetParametersResult(successful=False, reason=f"{parameter.name} cannot change at run time; "
-                                           f"only {', '.join(contract.SIM_RUNTIME_PARAMETERS)} can")
-            values[parameter.name] = parameter.value
-        try:
-            self.params = SimArmParameters(**values)
-        except (ContractError, TypeError) as err:
-            return SetParametersResult(successful=False, reason=str(err))
-        return SetParametersResult(successful=True)
+    def _apply_parameters(self, new: SimArmParameters, changed: set[str]) -> None:
+        """The live parameters (contract): read at the next ~/reset."""
+        self.params = new
 
     # -- output ----------------------------------------------------------------------
     def _header(self, frame_id: str = "") -> Header:
