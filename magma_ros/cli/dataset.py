@@ -17,7 +17,7 @@ import importlib
 import json
 import sys
 
-EXTENSIONS: tuple[str, ...] = ("magma_ros.cli.dataset_label_traces",)
+EXTENSIONS: tuple[str, ...] = ("magma_ros.cli.label_traces",)
 """Modules adding ``magma-ros dataset`` subcommands: each exposes ``register(subparsers)``.
 A module listed here that does not exist (yet) is left out of the command line."""
 

@@ -259,7 +259,8 @@ class WindowLabel:
     ``instruction``: the task; ``marks``: every mark drawn (pixel positions in the first
     frame); ``moving_ids``: the marks in the answer; ``pixel_traces``: their future positions
     in pixels (after camera-motion removal), {id: (n, 2)}; ``camera_motion``: whether camera
-    motion was removed; ``frames``: the window.
+    motion was removed; ``frames``: the window; ``sources``: {mark id: index of the grid
+    query (:func:`~magma_ros.training.tracking.grid_queries`) the mark was placed at}.
     """
 
     sample: TraceSample
@@ -269,6 +270,7 @@ class WindowLabel:
     pixel_traces: dict[int, NDArray[np.float64]]
     camera_motion: bool
     frames: NDArray[np.uint8]
+    sources: dict[int, int]
 
 
 def _window_rng(seed: int, episode_id: str, step: int) -> np.random.Generator:
@@ -315,6 +317,9 @@ def label_window(frames: NDArray[np.uint8], instruction: str, tracker: PointTrac
                      if static_index.size else [])
     candidates = chosen_moving + chosen_static
     placement = place_marks_at_points(points[0, candidates], size, seed=int(rng.integers(2**31)))
+    kept_queries = np.flatnonzero(keep)
+    sources = {m.id: int(kept_queries[candidates[i]]) for m, i in zip(placement.marks, placement.source_indices,
+                                                                      strict=True)}
     current: dict[int, tuple[int, int]] = {}
     future: dict[int, list[tuple[int, int]]] = {}
     pixel_traces: dict[int, NDArray[np.float64]] = {}
@@ -341,7 +346,8 @@ def label_window(frames: NDArray[np.uint8], instruction: str, tracker: PointTrac
     sample = TraceSample(
         episode_id=episode_id, step=int(step), image=draw_marks(frames[0], placement.marks), question=question,
         answer=answer, traces={i: np.asarray(f, dtype=np.int32).reshape(-1, 2) for i, f in future.items()})
-    return WindowLabel(sample, instruction, placement.marks, tuple(current), pixel_traces, camera_motion, frames)
+    return WindowLabel(sample, instruction, placement.marks, tuple(current), pixel_traces, camera_motion, frames,
+                       sources)
 
 
 def window_starts(num_steps: int, config: TraceLabelConfig) -> list[int]:
