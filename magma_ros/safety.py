@@ -494,10 +494,12 @@ class CommandStream:
             self._target = ZERO
             self._zeros_left = self.zero_messages
 
-    def silence(self) -> None:
-        """Forget everything still to be sent (the caller already sent its zeros)."""
+    def silence(self, at: float | None = None) -> None:
+        """Forget everything still to be sent (the caller already sent its zeros, the last one at ``at``,
+        in :meth:`next_message`'s sample time; default now)."""
         self._target = ZERO
         self._sent = ZERO
+        self._sent_at = self._clock() if at is None else at
         self._zeros_left = 0
 
     def next_message(self, at: float | None = None) -> Velocity | None:

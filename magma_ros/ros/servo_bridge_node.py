@@ -131,6 +131,7 @@ class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
         self.gripper = GripperHysteresis(p.gripper_open_threshold, p.gripper_close_threshold)
         self._gripper_sent: float | None = None
         self._activated_at_ns: int | None = None
+        self._epoch_ns = self.get_clock().now().nanoseconds
         self._pose: tuple[tuple[float, float, float], int] | None = None  # (position, stamp ns), validated
         self._tf_buffer: Any = None
         self._moveit: Any = None
@@ -301,12 +302,18 @@ class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
         """One stream sample (lock held): stamped now; its stamp is also the acceleration limit's time
         (except under simulated time, which may stand still: then the steady clock)."""
         now_ns = self.get_clock().now().nanoseconds
-        simulated = getattr(self.get_clock(), "ros_time_is_active", False)
         before = self.stream.limited_samples
-        velocity = self.stream.next_message(None if simulated else now_ns * 1e-9)
+        velocity = self.stream.next_message(self._sample_time(now_ns))
         self.counters["acceleration_limited"] += self.stream.limited_samples - before
         if velocity is not None:
             self._publish_twist(velocity, now_ns)
+
+    def _sample_time(self, stamp_ns: int) -> float | None:
+        """A sample's time for the acceleration limit: its stamp, or None (the steady clock) under simulated
+        time, which may stand still."""
+        if getattr(self.get_clock(), "ros_time_is_active", False):
+            return None
+        return (stamp_ns - self._epoch_ns) * 1e-9  # relative: full ns precision in a float
 
     def _publish_twist(self, velocity: Velocity, stamp_ns: int | None = None) -> None:
         if self.params.dry_run or self._twist_pub is None:
@@ -319,11 +326,13 @@ class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
 
     def _halt(self) -> None:
         """Stop now (lock held): if anything was streaming, send all the zero twists at once."""
+        last_ns = None
         if self.stream.active or not self.stream.sent.is_zero():
             self.stream.stop(StreamEnd.STOPPED)
             for _ in range(self.params.zero_messages):
-                self._publish_twist(ZERO)
-        self.stream.silence()
+                last_ns = self.get_clock().now().nanoseconds
+                self._publish_twist(ZERO, last_ns)
+        self.stream.silence(None if last_ns is None else self._sample_time(last_ns))
 
     def _twist(self, velocity: Velocity, stamp_ns: int) -> TwistStamped:
         msg = TwistStamped()
