@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import sys
 
 EXTENSIONS: tuple[str, ...] = ("magma_ros.cli.label_traces",)
@@ -75,6 +76,8 @@ def run_build(args: argparse.Namespace) -> int:
     from magma_ros.training.records import DatasetError
     from magma_ros.training.spec import load_spec
 
+    # the builder reports every damaged bag itself, in one line; the bag reader's own log would repeat it
+    logging.getLogger("magma_ros.bags").setLevel(logging.ERROR)
     try:
         spec = load_spec(args.spec)
         summary = build_dataset(args.inputs, spec, args.out, workers=args.workers, keep_damaged=args.keep_damaged,

@@ -64,7 +64,8 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
     from rclpy.parameter import Parameter
 
     from magma_ros import contract
-    from magma_ros.ros.demo_recorder import RECORDED_TOPICS, DemoRecorder
+    from magma_ros.conventions import RECORDED_TOPICS, EpisodeMetadata
+    from magma_ros.ros.demo_recorder import DemoRecorder
     from magma_ros.ros.expert_teleop_node import ExpertTeleopNode
     from magma_ros.ros.sim_arm_node import SimArmNode
     from magma_ros.ros.sim_episodes import (
@@ -82,8 +83,9 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
     sim_parameters = {"mode": "synchronous", "autostart_episode": False, "start_paused": True, "continuous": False,
                       "task": args.task, "seed": args.seed, "max_steps": args.max_steps,
                       "wrist_camera": args.wrist_camera, "sync_timeout_s": 2.0,
-                      # the expert answers each observation with one twist (after a gripper command, on change)
-                      "sync_answer_end": "quiet", "sync_quiet_s": 0.02}
+                      # the expert answers each observation with one twist (after a gripper command, on change):
+                      # the step runs as soon as that twist is in, no wall-clock wait
+                      "sync_answer_end": "first_twist"}
     progress = ProgressLine()
     print(f"magma-ros record-demos: {args.episodes} '{args.task}' episode(s) from seed {args.seed} -> {out}")
     index: list[dict] = []
@@ -116,11 +118,12 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
                                              f"{label}: step {s.step}/{s.max_steps}"))
                 client.pause(True)
                 time.sleep(0.3)  # the final observation's messages are still on their way
-                metadata = {"seed": seed, "task": final.task, "color": final.color, "instruction": final.instruction,
-                            "success": final.success, "steps": final.step, "max_steps": final.max_steps,
-                            "sim_time_s": final.sim_time, "start_time_s": final.start_time,
-                            "control_rate_hz": round(1.0 / sim.params.control_period_s, 6),
-                            "driver": "ScriptedExpert over ROS (Servo twist + gripper JointTrajectory at 10 Hz)"}
+                metadata = EpisodeMetadata(
+                    seed=seed, task=final.task, color=final.color, instruction=final.instruction,
+                    success=final.success, steps=final.step, max_steps=final.max_steps, sim_time_s=final.sim_time,
+                    start_time_s=final.start_time, control_rate_hz=round(1.0 / sim.params.control_period_s, 6),
+                    driver="ScriptedExpert over ROS (Servo twist + gripper JointTrajectory at 10 Hz)").to_dict()
+                metadata.pop("messages")
                 counts = recorder.stop(metadata)
                 wall = time.monotonic() - episode_start
                 kept = final.success or args.keep_failures

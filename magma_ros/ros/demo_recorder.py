@@ -23,14 +23,10 @@ from rclpy.serialization import serialize_message
 
 from magma_ros import contract
 from magma_ros.bags import BagWriter
+from magma_ros.conventions import RECORDED_TOPICS, EpisodeMetadata
 from magma_ros.ros.runtime import message_type, qos
 
 NODE_NAME = "demo_recorder"
-RECORDED_TOPICS: tuple[contract.Topic, ...] = (
-    contract.CAMERA_IMAGE, contract.CAMERA_DEPTH, contract.CAMERA_INFO, contract.JOINT_STATES, contract.EE_POSE,
-    contract.GRIPPER_TRAJECTORY, contract.SERVO_TWIST, contract.INSTRUCTION, contract.SIM_EPISODE,
-)
-"""Everything a teleop recording of the cell holds (WRIST_IMAGE joins it when the wrist camera is on)."""
 
 
 def _recording_qos(topic: contract.Topic) -> QoSProfile:
@@ -65,7 +61,8 @@ class DemoRecorder(Node):
             self.counts = {t.name: 0 for t in self.topics}
 
     def stop(self, metadata: dict[str, Any] | None = None) -> dict[str, int]:
-        """Close the bag; ``metadata`` goes next to it, into ``episode.json`` inside the bag directory."""
+        """Close the bag; ``metadata`` goes next to it, into ``episode.json`` inside the bag directory
+        (:class:`magma_ros.conventions.EpisodeMetadata`, which the dataset builder reads)."""
         with self._lock:
             writer, self._writer = self._writer, None
             if writer is not None:
@@ -76,8 +73,7 @@ class DemoRecorder(Node):
         if writer is not None:
             writer.close()
             if metadata is not None:
-                (writer.path / "episode.json").write_text(json.dumps({**metadata, "messages": counts}, indent=2)
-                                                          + "\n")
+                EpisodeMetadata.from_dict({**metadata, "messages": counts}).write(writer.path)
         return counts
 
     def _callback(self, topic: contract.Topic) -> Any:

@@ -171,8 +171,12 @@ def _read_index(root: Path) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: Any) -> None:
+    """Atomically (temporary file + rename); an unchanged file is not touched."""
+    text = json.dumps(data, indent=2) + "\n"
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -405,7 +409,7 @@ class TrajectoryDataset:
 
     def episode(self, episode_id: str) -> list[StepRecord]:
         table = self._table(episode_id)
-        return [self._record(episode_id, table, row) for row in range(table.num_rows)]
+        return [self._record(episode_id, table, row) for row in range(table["num_rows"])]
 
     def actions(self, episode_id: str | None = None) -> np.ndarray:
         """(n, 7) action labels of one episode, or of the whole dataset; images are not read."""

@@ -252,8 +252,9 @@ def read_episode(bag_path: str | Path, spec: DatasetSpec, episode_id: str | None
         raise EpisodeError(f"{bag_path}: unsuccessful episode (only_successful is set)")
     try:
         with BagReader(bag_path) as bag:
-            if bag.warnings and not keep_damaged:
-                raise EpisodeError(f"{bag_path}: {bag.warnings[0]}")
+            if bag.warnings and not keep_damaged:  # e.g. a truncated mcap: read short, so not used
+                warning = " ".join(bag.warnings[0].split())
+                raise EpisodeError(warning if warning.startswith(str(bag_path)) else f"{bag_path}: {warning}")
             return _read(bag, bag_path, episode_id, spec, metadata)
     except BagError as err:
         raise EpisodeError(f"{bag_path}: {' '.join(str(err).split())}") from err

@@ -1,0 +1,185 @@
+"""`magma-ros dataset build` on real record-demos bags, and the dataset reader."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from magma_ros import contract
+from magma_ros.bags import BagReader
+from magma_ros.codecs import LLAMA3_BASE_VOCAB_SIZE, ActionCodec
+from magma_ros.conventions import integrate_steps, quat_from_rpy
+from magma_ros.image_codec import message_to_rgb8, resize_frame
+from magma_ros.training.dataset import DatasetWriter, TrajectoryDataset, decode_image, encode_image
+from magma_ros.training.records import DATASET_FILE, STATISTICS_FILE, DatasetError, StepRecord
+from tests.training.conftest import DEMO_STEPS, REPO, SIM_SPEC, VENV_BIN
+
+STEP_NS = 100_000_000  # the sim spec's 10 Hz
+
+
+def _recorded(bag: Path) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """EE poses (x y z qx qy qz qw) and camera frames of a bag by header stamp, read straight from the bag."""
+    poses, frames, raw = {}, {}, {}
+    with BagReader(bag) as reader:
+        for message in reader.messages([c for c in reader.connections
+                                        if c.topic in (contract.EE_POSE.name, contract.CAMERA_IMAGE.name)]):
+            msg = reader.deserialize(message)
+            stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+            if message.topic == contract.EE_POSE.name:
+                p, o = msg.pose.position, msg.pose.orientation
+                poses[stamp] = np.array([p.x, p.y, p.z, o.x, o.y, o.z, o.w])
+            else:
+                raw[stamp] = message_to_rgb8(msg).copy()
+                frames[stamp] = resize_frame(raw[stamp], 256)
+    return poses, frames, raw
+
+
+@pytest.mark.slow  # records the demos (once per session)
+def test_labels_integrate_to_the_recorded_ee_path(sim_dataset: Path, recorded_demos: Path) -> None:
+    data = TrajectoryDataset(sim_dataset)
+    assert data.name == "sim_panda" and data.episode_ids == ("episode_0000", "episode_0001")
+    for episode_id in data.episode_ids:
+        steps = data.episode(episode_id)
+        poses, frames, _ = _recorded(recorded_demos / episode_id)
+        meta = json.loads((recorded_demos / episode_id / "episode.json").read_text())
+        # 41 observations: every one but the last (no state one step later) is a step
+        assert len(steps) == DEMO_STEPS == meta["steps"]
+        stamps = [s.stamp_ns for s in steps]
+        assert np.all(np.diff(stamps) == STEP_NS)
+        actions = np.stack([s.action for s in steps])
+        start = poses[stamps[0]]
+        positions, quats = integrate_steps(start[:3], start[3:], actions[:, :6])
+        for k, stamp in enumerate([*stamps, stamps[-1] + STEP_NS]):
+            recorded = poses[stamp]
+            assert np.linalg.norm(positions[k] - recorded[:3]) < 1e-3, (episode_id, k)
+            angle = 2 * np.arccos(min(1.0, abs(float(np.dot(quats[k], recorded[3:])))))
+            assert angle < 1e-3, (episode_id, k, angle)
+        assert sum(np.linalg.norm(a[:3]) for a in actions) > 0.1  # the arm really moved
+        for step in steps:  # states are the recorded pose at the step, frames the recorded frame
+            recorded = poses[step.stamp_ns]
+            np.testing.assert_allclose(step.state[:3], recorded[:3], atol=1e-9)
+            assert abs(abs(float(np.dot(quat_from_rpy(step.state[3:6]), recorded[3:]))) - 1) < 1e-9
+            np.testing.assert_array_equal(step.image, frames[step.stamp_ns])  # PNG: lossless
+            assert step.instruction == meta["instruction"]
+        grippers = actions[:, 6]
+        assert set(np.unique(grippers)) <= {0.0, 1.0} and grippers[0] == 1.0  # starts open
+        assert data.episode_metadata(episode_id)["seed"] == meta["seed"]
+
+
+@pytest.mark.slow
+def test_truncated_bag_is_reported_and_skipped_and_a_rerun_is_a_no_op(recorded_demos: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "bags"
+    inputs.mkdir()
+    for name in ("episode_0000", "episode_0001"):
+        (inputs / name).symlink_to(recorded_demos / name, target_is_directory=True)
+    shutil.copytree(recorded_demos / "episode_0000", inputs / "episode_0002")
+    storage = inputs / "episode_0002" / "episode_0000.mcap"  # a recorder killed half-way through
+    storage.write_bytes(storage.read_bytes()[: storage.stat().st_size // 2])
+    out = tmp_path / "data"
+    command = [str(VENV_BIN / "magma-ros"), "dataset", "build", str(inputs), "--spec", str(SIM_SPEC),
+               "--out", str(out), "--no-progress"]
+    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 1, first.stdout + first.stderr  # 1: something was skipped
+    reported = [line for line in first.stderr.splitlines() if "episode_0002" in line]
+    assert len(reported) == 1 and reported[0].startswith("magma-ros dataset: skipped:"), first.stderr
+    assert "2 episode(s) written" in first.stdout and "1 skipped" in first.stdout
+    assert "skipped " + str(inputs / "episode_0002") in first.stdout
+    data = TrajectoryDataset(out)
+    assert data.episode_ids == ("episode_0000", "episode_0001") and len(data) == 2 * DEMO_STEPS
+    build = json.loads((out / DATASET_FILE).read_text())["builds"][-1]
+    assert [s["bag"] for s in build["skipped"]] == [str((inputs / "episode_0002").resolve())]
+
+    files = sorted(out.rglob("*"))
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files if p.is_file()}
+    good_only = [*command[:3], str(inputs / "episode_0000"), str(inputs / "episode_0001"), *command[4:]]
+    again = subprocess.run(good_only, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "0 episode(s) written" in again.stdout and "2 already in the dataset" in again.stdout
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before  # nothing rewritten
+
+
+def test_the_codec_round_trips_the_labels(sim_dataset: Path) -> None:
+    data = TrajectoryDataset(sim_dataset)
+    codec = ActionCodec(LLAMA3_BASE_VOCAB_SIZE)
+    actions = data.actions()
+    ids = codec.encode(actions, data.statistics)
+    assert ids.shape == actions.shape
+    for row, label in zip(ids, actions, strict=True):
+        decoded = codec.decode(row.tolist(), data.statistics).require_valid()
+        again = codec.decode(codec.encode(decoded.action, data.statistics).tolist(), data.statistics)
+        np.testing.assert_allclose(again.action, decoded.action, rtol=0, atol=1e-12)  # a fixed point
+        span = data.statistics.q99_array - data.statistics.q01_array
+        inside = (label >= data.statistics.q01_array) & (label <= data.statistics.q99_array)
+        error = np.abs(decoded.action - label)[:6]
+        assert np.all(error[inside[:6]] <= (span[:6] / 255 + 1e-12)[inside[:6]])  # within one bin
+        assert (decoded.gripper > 0.5) == (label[6] > 0.5)
+
+
+def test_reader_api(sim_dataset: Path) -> None:
+    data = TrajectoryDataset(sim_dataset)
+    assert len(data) == 2 * DEMO_STEPS
+    first, last = data[0], data[-1]
+    assert isinstance(first, StepRecord) and first.episode_id == "episode_0000" and first.step == 0
+    assert last.episode_id == "episode_0001" and last.step == DEMO_STEPS - 1
+    assert first.image.shape == (256, 256, 3) and first.image.dtype == np.uint8
+    assert first.action.shape == (7,) and first.state.shape == (7,)
+    assert data[DEMO_STEPS].episode_id == "episode_0001" and data[DEMO_STEPS].step == 0
+    with pytest.raises(IndexError):
+        data[len(data)]
+    np.testing.assert_array_equal(np.stack([s.action for s in data]), data.actions())
+    clone = pickle.loads(pickle.dumps(data))
+    np.testing.assert_array_equal(clone[5].image, data[5].image)
+    # the files are plain Parquet a kept library reads directly
+    table = pq.read_table(sim_dataset / "episodes" / "episode_0001.parquet")
+    assert table.column_names == ["step", "stamp_ns", "image", "action", "state", "instruction"]
+    meta = json.loads(table.schema.metadata[b"magma_ros.episode"])
+    assert meta["episode_id"] == "episode_0001" and meta["dropped"] == {"no_state": 1}
+    with pytest.raises(DatasetError, match="no episode"):
+        data.episode("nope")
+
+
+def test_reader_refuses_what_is_not_a_dataset(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="not found"):
+        TrajectoryDataset(tmp_path / "missing")
+    with pytest.raises(DatasetError, match="not a magma_ros dataset"):
+        TrajectoryDataset(tmp_path)
+    writer = DatasetWriter(tmp_path / "d", "toy")
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    writer.write_episode("e0", stamps_ns=[0, 1], images=[rgb, rgb], actions=np.zeros((2, 7)), states=np.zeros((2, 7)),
+                         instructions="x")
+    with pytest.raises(DatasetError, match=r"dataset_statistics\.json is missing"):
+        TrajectoryDataset(tmp_path / "d")
+    writer.write_statistics()
+    assert len(TrajectoryDataset(tmp_path / "d")) == 2
+    with pytest.raises(DatasetError, match="non-finite"):
+        writer.write_episode("e1", stamps_ns=[0], images=[rgb], actions=np.full((1, 7), np.nan),
+                             states=np.zeros((1, 7)), instructions="x")
+    assert not (tmp_path / "d" / "episodes" / "e1.parquet").exists()
+    with pytest.raises(DatasetError, match="holds dataset 'toy'"):
+        DatasetWriter(tmp_path / "d", "other")
+    (tmp_path / "d" / STATISTICS_FILE).write_text('{"other": {"action": {"q01": [0,0,0,0,0,0,0], '
+                                                  '"q99": [1,1,1,1,1,1,1]}}}')
+    with pytest.raises(DatasetError, match="no entry 'toy'"):
+        TrajectoryDataset(tmp_path / "d")
+
+
+@pytest.mark.parametrize("image_format", ["png", "jpeg"])
+def test_image_encoding_round_trip(image_format: str) -> None:
+    y, x = np.mgrid[0:64, 0:96]
+    rgb = np.stack([x * 2, y * 3, np.full_like(x, 40)], axis=-1).astype(np.uint8)  # R, G, B kept apart
+    back = decode_image(encode_image(rgb, image_format))
+    assert back.shape == rgb.shape and back.dtype == np.uint8
+    if image_format == "png":
+        np.testing.assert_array_equal(back, rgb)
+    else:
+        assert np.abs(back.astype(int) - rgb).mean(axis=(0, 1)).max() < 3  # channel order kept
+    with pytest.raises(DatasetError, match="does not decode"):
+        decode_image(b"not an image")
