@@ -72,7 +72,7 @@ import apsw
 from rosbags.interfaces import ConnectionExtRosbag2, MessageDefinitionFormat, QosDurability, QosReliability
 from rosbags.rosbag2 import ReaderError, StoragePlugin, Writer, WriterError
 from rosbags.rosbag2.metadata import parse_qos
-from rosbags.rosbag2.storage_mcap import McapReader, read_exact
+from rosbags.rosbag2.storage_mcap import ChunkInfo, McapReader, read_exact
 from rosbags.rosbag2.storage_mcap import decompress as mcap_decompress
 from rosbags.rosbag2.storage_sqlite3 import Sqlite3Reader
 from rosbags.serde import SerdeError
@@ -399,27 +399,29 @@ class BagReader:
         partial = False
         if path.suffix == ".zstd":
             path, partial = self._decompress_file(name, path)
-        if path.suffix == ".mcap":
+        starts: dict[int, int] = {}
+        if path.suffix != ".mcap":
+            reader = _open_reader(Sqlite3Reader, path, name, self.path)
+        else:
+            index: list[ChunkInfo] | None = None
             if _mcap_truncated(path):
-                path = self._repair(name, path, "is cut short where its zstd stream breaks" if partial
-                                    else "is truncated (recording interrupted?)")
+                path, index = self._repair(name, path, "is cut short where its zstd stream breaks" if partial
+                                           else "is truncated (recording interrupted?)")
             try:
                 reader = _open_reader(McapReader, path)
-                problem, starts = _mcap_index_problem(reader, path)
+                problem, starts = ("", {}) if index is not None else _mcap_index_problem(reader, path)
             except _DAMAGE as err:
-                if not _is_mcap(path):
+                if index is not None or not _is_mcap(path):
                     raise CorruptBagError(f"cannot read bag {self.path}: {name}: {_describe(err)}") from err
-                reader, problem, starts = None, _describe(err), {}
+                reader, problem = None, _describe(err)
             if problem:
                 if reader is not None:
                     with contextlib.suppress(Exception):
                         reader.close()
-                why = f"has a damaged index ({problem})"
-                reader = _open_reader(McapReader, self._repair(name, path, why), name, self.path)
-                starts = {}
-        else:
-            reader = _open_reader(Sqlite3Reader, path, name, self.path)
-            starts = {}
+                path, index = self._repair(name, path, f"has a damaged index ({problem})")
+                reader = _open_reader(McapReader, path, name, self.path)
+            if index:
+                reader.chunks = index  # the repaired file's index, built from its chunks
         streams: dict[tuple[str, str], list[Any]] = {}
         for conn in reader.connections:
             streams.setdefault((conn.topic, conn.msgtype), []).append(conn)
@@ -443,16 +445,16 @@ class BagReader:
             return target, True
         return target, False
 
-    def _repair(self, name: str, path: Path, why: str) -> Path:
+    def _repair(self, name: str, path: Path, why: str) -> tuple[Path, list[ChunkInfo]]:
         target = self._temp_dir() / f"repaired_{path.name}"
-        kept, size, dropped = _repair_mcap(path, target)
+        kept, size, dropped, index = _repair_mcap(path, target)
         note = f"{name} {why}; read up to its last complete record (byte {kept} of {size})"
         if dropped:
             note += f", {dropped} damaged chunk(s) left out"
         self._notes.append(note)
         self._warn(f"{self.path / name if self.path.is_dir() else path}: mcap file {why}; reading its first "
                    f"{kept} of {size} bytes, up to the last complete record")
-        return target
+        return target, index
 
     def _index(self) -> None:
         """Connections, typestore and time range from the opened storage files."""
@@ -639,8 +641,10 @@ class BagReader:
                 announced = max(self._meta.message_count, sum(n for n, _, _ in topics.values()))
             else:
                 announced = sum(topics.get(k, (0,))[0] for k in tally.keys)
+        # A file lost as a whole held some of these topics, in proportions only its index could tell.
+        notes = self._notes + ([] if tally.whole else [u.reason for u in self._lost_files])
         return BagReadResult(self.path, announced, stored, tally.read, tuple(skipped), tuple(damaged),
-                             tuple(self._notes))
+                             tuple(notes))
 
     def deserialize(self, message: BagMessage) -> Any:
         """Decode a message's CDR bytes into a rosbags message object."""
@@ -898,16 +902,19 @@ def _complete_prefix(path: Path) -> tuple[int, int]:
             pos = end
 
 
-def _repair_mcap(source: Path, target: Path) -> tuple[int, int, int]:
+def _repair_mcap(source: Path, target: Path) -> tuple[int, int, int, list[ChunkInfo]]:
     """Copy the complete data-section records of a cut or damaged mcap and close it with a DataEnd and
-    a footer (no summary: the reader scans it). Chunks that do not decompress are left out.
+    a footer (no summary). Chunks that do not decompress or hold malformed records are left out.
 
-    Returns (bytes kept, file size, chunks left out).
+    Returns (bytes kept, file size, chunks left out, an index of the chunks kept). The index is
+    built from the chunks' own records, so a read merges them in time order as with an intact
+    file's summary (a scan would refuse chunks whose times overlap); it is empty when messages
+    also sit outside chunks, which only a scan reads.
     """
     kept, size = _complete_prefix(source)
     if kept <= len(_MCAP_MAGIC):
         raise CorruptBagError(f"{source}: truncated mcap file with no complete record")
-    dropped = 0
+    dropped, index, loose = 0, [], False
     with source.open("rb") as src, target.open("wb") as dst:
         dst.write(src.read(len(_MCAP_MAGIC)))
         pos = len(_MCAP_MAGIC)
@@ -916,30 +923,48 @@ def _repair_mcap(source: Path, target: Path) -> tuple[int, int, int]:
             length = int.from_bytes(head[1:], "little")
             body = src.read(length)
             pos += 9 + length
-            if head[0] == 0x06 and not _chunk_intact(body):
-                dropped += 1
-                continue
+            if head[0] == 0x06:
+                info = _chunk_index_entry(body, dst.tell())
+                if info is None:
+                    dropped += 1
+                    continue
+                index.append(info)
+            loose = loose or head[0] == 0x05
             dst.write(head)
             dst.write(body)
         dst.write(bytes([_MCAP_DATA_END]) + struct.pack("<QI", 4, 0))            # DataEnd, no CRC
         dst.write(bytes([_MCAP_FOOTER]) + struct.pack("<QQQI", 20, 0, 0, 0))     # Footer, no summary
         dst.write(_MCAP_MAGIC)
-    return kept, size, dropped
+    return kept, size, dropped, [] if loose else index
 
 
-def _chunk_intact(body: bytes) -> bool:
-    """Whether a chunk record's body decompresses to its announced size (and checksum, when set)."""
+def _chunk_index_entry(body: bytes, offset: int) -> ChunkInfo | None:
+    """The index entry of a chunk record's body (to sit at ``offset``), or None when it is damaged:
+    it does not decompress to its size (or checksum, when set), or a record in it is malformed."""
     try:
         _, _, usize, crc, clen = struct.unpack_from("<QQQII", body)
         compression = body[32:32 + clen].decode()
         (csize,) = struct.unpack_from("<Q", body, 32 + clen)
         data = body[40 + clen:40 + clen + csize]
         if len(data) != csize:
-            return False
-        mcap_decompress(data, compression, usize, crc)
+            return None
+        raw = mcap_decompress(data, compression, usize, crc)
+        counts: dict[int, int] = {}
+        first, last, pos = 1 << 64, -1, 0
+        while pos < len(raw):
+            opcode, length = raw[pos], int.from_bytes(raw[pos + 1:pos + 9], "little")
+            if pos + 9 > len(raw) or length > len(raw) - pos - 9 or (opcode == 0x05 and length < 22):
+                return None
+            if opcode == 0x05:
+                channel, _, log_time = struct.unpack_from("<HIQ", raw, pos + 9)
+                counts[channel] = counts.get(channel, 0) + 1
+                first, last = min(first, log_time), max(last, log_time)
+            pos += 9 + length
     except _DAMAGE:
-        return False
-    return True
+        return None
+    if not counts:
+        first = last = 0
+    return ChunkInfo(first, last, offset, 9 + len(body), {}, 0, compression, csize, usize, counts)
 
 
 # ----------------------------------------------------------------------------------- writing

@@ -275,6 +275,24 @@ def test_truncation_reads_the_complete_chunks_and_counts_the_rest(chunked, tmp_p
                                     "not in the storage files (plain.mcap is truncated (recording interrupted?)")
 
 
+def test_cut_mcap_whose_chunks_overlap_in_time_is_read_in_time_order(tmp_path) -> None:
+    """A recorder writes in arrival order: chunks can overlap in time. Without a summary (cut off),
+    a plain scan refuses such a file; the repaired file's rebuilt index merges the chunks."""
+    frames_first = sorted(BIG, key=lambda r: (r[0] != "/camera/color/image_raw", r[2]))
+    path = write_records(tmp_path / "overlap", frames_first)
+    chunks = mcap_chunks(storage_file(path))
+    assert len(chunks) == 3
+    damaged = cut(path, tmp_path / "cut", keep=chunks[-1].offset + 9 + chunks[-1].length + 10)  # no summary
+    scan = Reader(storage_file(damaged))  # rosbags on the storage file
+    with pytest.raises(Exception, match="File end magic is invalid"):
+        scan.open()
+    with BagReader(damaged) as bag:
+        assert len(bag.warnings) == 1 and "truncated" in bag.warnings[0]
+        got = [(m.topic, m.timestamp) for m in bag.messages()]
+        assert bag.result().line() == full_line(damaged)
+    assert got == recorded(BIG)
+
+
 def test_byte_flips_anywhere_never_escape_as_a_traceback(chunked, tmp_path) -> None:
     """Every offset class at once: a flipped byte gives the recorded messages (some maybe lost, each counted)
     or a one-line BagError; never another exception."""
@@ -318,6 +336,11 @@ def test_split_bag_with_a_missing_or_unreadable_file_reads_the_others_and_counts
         assert str(info.value).startswith(
             f"bag {bag_path}: read {N - 19} of {N} messages announced by metadata.yaml; 19 unreadable: "
             f"19 messages: {why}")
+        with BagReader(bag_path) as bag:  # the topics named one by one (as the player does): same account
+            got = [(m.topic, m.timestamp) for m in bag.messages(bag.connections, strict=False)]
+            result = bag.result()
+        assert got == expected and (result.announced, result.stored, result.lost) == (N, N - 19, 19)
+        assert f"19 announced but not in the storage files ({why}" in result.line()
 
 
 def test_a_window_read_does_not_claim_completeness_it_cannot_check(tmp_path) -> None:
