@@ -6,6 +6,7 @@ policy node and ``magma-ros predict`` both go through it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from magma_ros.backends.base import BackendError, PolicyBackend, PolicyOutput, S
 from magma_ros.codecs import (
     ActionCodec,
     ImageSize,
+    Mark,
     build_tom_query,
     draw_marks,
     parse_traces,
@@ -84,14 +86,20 @@ class TorchBackend(PolicyBackend):
 
         ``valid`` stays False (a trace is not an action); ``error`` lists parse problems.
         """
-        from magma_ros.model import MagmaModelError
-
         size = ImageSize.of(rgb)
         marks = place_marks_on_grid(size, *self.mark_grid, shuffle_ids=False)
         query = build_tom_query(instruction, n_steps, mark_ids=[m.id for m in marks])
+        return self.answer_traces(draw_marks(rgb, marks), query, marks)
+
+    def answer_traces(self, marked_rgb: np.ndarray, question: str, marks: Sequence[Mark] = ()) -> PolicyOutput:
+        """Ask a Trace-of-Mark ``question`` about a frame that already carries its marks and parse
+        the answer (what :meth:`trace` does after drawing its marks; offline evaluation asks the
+        labels' own questions). ``valid`` stays False; ``error`` lists parse problems."""
+        from magma_ros.model import MagmaModelError
+
+        size = ImageSize.of(marked_rgb)
         try:
-            result = self.policy.generate_text(draw_marks(rgb, marks), query, self.trace_max_new_tokens,
-                                               self.sampling)
+            result = self.policy.generate_text(marked_rgb, question, self.trace_max_new_tokens, self.sampling)
         except MagmaModelError as err:
             return PolicyOutput.failure(f"model: {err}")
         parsed = parse_traces(result.text, size)
