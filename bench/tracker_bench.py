@@ -1,6 +1,6 @@
 """Point-tracker benchmark: accuracy against the simulator's ground truth, and speed.
 
-    .venv/bin/python bench/tracker_bench.py --episodes 4 --steps 64
+    .venv/bin/python bench/tracker_bench.py --episodes 3 --steps 64
 
 Records scripted-expert episodes (pick and reach, alternating, seeds ``seed ..``) through the
 workcell's third-person camera at 256 x 256, tracks an s x s grid (225 points) over every
@@ -38,7 +38,7 @@ def _quantile(values: np.ndarray, q: float) -> float:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, default=4, help="simulated episodes (alternating pick / reach)")
+    parser.add_argument("--episodes", type=int, default=3, help="simulated episodes (alternating pick / reach)")
     parser.add_argument("--steps", type=int, default=64, help="control steps (frames) per episode")
     parser.add_argument("--seed", type=int, default=0, help="first seed")
     parser.add_argument("--grid", type=int, default=15, help="query grid side (15 -> 225 points)")
