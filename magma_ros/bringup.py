@@ -12,6 +12,8 @@ Format::
         name: magma_policy_node              # optional node name (default: the executable's)
         parameters: [config/policy.yaml]     # ROS parameter files, relative to the package
         overrides: {autostart: true}         # optional parameter values on top
+    dataset_spec: config/datasets/<robot>.yaml   # optional: the spec the model was trained with; a policy
+                                                 # or bridge that disagrees with it is refused
 """
 
 from __future__ import annotations
@@ -106,7 +108,33 @@ def load_bringup(path: str | Path) -> Bringup:
         if not isinstance(overrides, dict):
             raise BringupError(f"{where}: 'overrides' must be a mapping")
         nodes.append(NodeLaunch(executable, str(entry.get("name", executable)), files, dict(overrides)))
+    if data.get("dataset_spec"):
+        check_dataset_spec(resolve(data["dataset_spec"], root), nodes, str(source))
     return Bringup(source, str(data.get("description", "")), tuple(nodes))
+
+
+def check_dataset_spec(spec_file: Path, nodes: list[NodeLaunch], where: str) -> None:
+    """Refuse a bringup whose policy node or Servo bridge disagrees with the dataset spec it names
+    (``dataset_spec:``): statistics name, step period, frames, camera, gripper (training.spec.check_serving)."""
+    from magma_ros import contract
+    from magma_ros.training.spec import SpecError, check_serving, load_spec
+
+    try:
+        spec = load_spec(spec_file)
+        found: dict[str, contract.NodeParameters] = {}
+        for node in nodes:
+            cls = contract.PARAMETER_CLASSES.get(node.executable)
+            if cls is None or node.executable not in ("magma_policy_node", "servo_bridge_node"):
+                continue
+            values: dict[str, Any] = {}
+            for path in node.parameter_files:
+                values.update(parameter_file_values(path, node.name))
+            values.update(node.overrides)
+            found[node.executable] = cls.from_mapping(values, f"{where}: {node.name}")
+        check_serving(spec, found.get("magma_policy_node"), found.get("servo_bridge_node"),  # type: ignore[arg-type]
+                      where=where)
+    except (SpecError, contract.ContractError) as err:
+        raise BringupError(str(err)) from err
 
 
 def parameter_file_values(path: Path, node_name: str) -> dict[str, Any]:
