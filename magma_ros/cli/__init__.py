@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # subcommand module (magma_ros.cli.<name>) for each subcommand, in help order
-SUBCOMMANDS: tuple[str, ...] = ("predict", "demo", "up", "replay", "record_demos", "evaluate", "dataset",
+SUBCOMMANDS: tuple[str, ...] = ("predict", "demo", "up", "replay", "record_demos", "evaluate", "dataset", "train",
                                   "evaluate_offline")
 
 

@@ -549,7 +549,8 @@ class Trainer:
         ax.set_ylabel("answer-token cross-entropy")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if train or held:
+            ax.legend()
         fig.tight_layout()
         path = self.out / CURVE_FILE
         fig.savefig(path)
