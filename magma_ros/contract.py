@@ -246,6 +246,9 @@ class ServoBridgeParameters(NodeParameters):
     ee_frame: str = _param("", "end-effector frame for the TF lookup when ee_pose_topic is ''")
     stream_rate_hz: float = _param(50.0, "rate the current command is re-stamped and re-sent to Servo")
     zero_messages: int = _param(3, "zero twists sent when a stream stops, before going silent")
+    stream_thread_priority: int = _param(10, "SCHED_FIFO priority (1-99) of the thread that streams twists and "
+                                             "runs the watchdog, where the OS allows it (root, CAP_SYS_NICE or an "
+                                             "rtprio limit; else normal scheduling, said once); 0 = never")
     synchronous_stream: bool = _param(False, "for a synchronous simulator only (sim_arm_node mode synchronous, "
                                              "sync_answer_end zero_twist): send each accepted step's whole stream "
                                              "at once (its twist, gripper command, then the zeros) so the sim "
@@ -315,6 +318,8 @@ class ServoBridgeParameters(NodeParameters):
             gripper_motion_time_s=self.gripper_motion_time_s, diagnostics_period_s=self.diagnostics_period_s)
         _require(self.stream_rate_hz <= 1000, f"stream_rate_hz must be <= 1000, got {self.stream_rate_hz}")
         _require(1 <= self.zero_messages <= 100, f"zero_messages must be in 1..100, got {self.zero_messages}")
+        _require(0 <= self.stream_thread_priority <= 99,
+                 f"stream_thread_priority must be in 0..99, got {self.stream_thread_priority}")
         _require(self.min_step_period_s < self.max_step_period_s,
                  f"need min_step_period_s < max_step_period_s, got {self.min_step_period_s} / "
                  f"{self.max_step_period_s}")

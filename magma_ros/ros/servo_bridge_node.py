@@ -22,7 +22,8 @@ twists, then silence (Servo halts when its input stops). The checks live in
   ``~/go_home`` (moveit_py).
 * Timing: the stream and the watchdog run on their own thread, on the steady clock, so a busy
   executor (callbacks, parameter and lifecycle services) cannot delay a zero twist; a stop
-  wakes the thread at once. The watchdog counts from the delta's DDS publication time where
+  wakes the thread at once. Where the OS allows, that thread runs SCHED_FIFO
+  (``stream_thread_priority``), so CPU-bound neighbours cannot delay it either. The watchdog counts from the delta's DDS publication time where
   rclpy provides it (Iron+), else from its acceptance. Stamps and ages use the node clock.
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import sys
 import threading
 import time
@@ -149,7 +151,7 @@ class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
         self.rejected = {r.value: 0 for r in RejectReason}
         self.pose_rejected = {r.value: 0 for r in (RejectReason.FRAME_MISMATCH, RejectReason.BAD_STAMP,
                                                      RejectReason.NON_FINITE)}
-        self.timing = {"tick_late_max_ms": 0.0, "publish_max_ms": 0.0}
+        self.timing = {"tick_late_max_ms": 0.0, "publish_max_ms": 0.0, "realtime": 0.0}
         self._last_accepted: float | None = None
         # In every lifecycle state: the e-stop latch (its own callback group: never queued behind
         # deltas or poses), its reset, and go_home's answer.
@@ -262,6 +264,7 @@ class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
 
     def _run_stream(self, stop: threading.Event) -> None:
         """Tick at the stream rate on the steady clock; a stop (``_wake``) is sent at once."""
+        self._raise_priority()
         period = self.stream.tick_period_s
         next_tick = time.monotonic()
         while not stop.is_set():
@@ -283,6 +286,20 @@ class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
             except Exception as err:  # the stream must outlive anything one tick does
                 self.counters["internal_errors"] += 1
                 self._warn.warning("tick", f"stream tick failed: {err!r}")
+
+    def _raise_priority(self) -> None:
+        """Real-time scheduling for this thread only (Linux), where the OS allows it."""
+        priority = self.params.stream_thread_priority
+        self.timing["realtime"] = 0.0
+        if priority <= 0 or not hasattr(os, "sched_setscheduler"):
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # 0: the calling thread
+        except (OSError, ValueError) as err:
+            self.get_logger().info(f"stream thread keeps normal scheduling (SCHED_FIFO {priority}: {err}); "
+                                   "grant CAP_SYS_NICE or an rtprio limit for tighter watchdog timing")
+            return
+        self.timing["realtime"] = float(priority)
 
     def _on_tick(self) -> None:
         with self._lock:
@@ -601,7 +618,8 @@ class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
                   "rejected": sum(self.rejected.values()),
                   **{f"pose_rejected_{reason}": count for reason, count in self.pose_rejected.items()},
                   "watchdog_trips": self.stream.ends[StreamEnd.WATCHDOG],
-                  **{key: f"{value:.2f}" for key, value in self.timing.items()},
+                  **{key: f"{value:.2f}" for key, value in self.timing.items() if key != "realtime"},
+                  "stream_thread_priority": int(self.timing["realtime"]),
                   "estop_engaged": self.estop.engaged, "estop_asserted": self.estop.asserted,
                   "estop_trips": self.estop.trips, "streaming": not self.stream.velocity.is_zero(),
                   "dry_run": p.dry_run}
