@@ -564,7 +564,7 @@ def label_dataset(root: str | Path, config: TraceLabelConfig | None = None, *, p
         else:
             todo.append(episode_id)
     total = sum(len(window_starts(data.episode_length(e), config)) for e in todo)
-    bar = _progress(total, progress)
+    bar = _progress(total, progress and total > 0)
     preview_dir = base / TRACES_DIR / PREVIEW_DIR
     try:
         for episode_id in todo:
