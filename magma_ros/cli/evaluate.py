@@ -113,7 +113,14 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
     from magma_ros.evaluation import EpisodeOutcome, plot_summary, summary_document, write_json
     from magma_ros.ros.bringup_runner import create_nodes
     from magma_ros.ros.overlay_recorder import OverlayRecorder
-    from magma_ros.ros.sim_episodes import ClosedLoop, ProgressLine, RunningGraph, domain_warning, ros_session
+    from magma_ros.ros.sim_episodes import (
+        ClosedLoop,
+        ProgressLine,
+        RunningGraph,
+        domain_warning,
+        ros_session,
+        synchronous_loop_overrides,
+    )
     from magma_ros.sim.session import choose_task
 
     bringup = load_bringup(settings.bringup)
@@ -121,14 +128,8 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
     missing = {"sim_arm_node", "magma_policy_node", "servo_bridge_node"} - set(names)
     if missing:
         raise BringupError(f"{bringup.source}: evaluation needs {', '.join(sorted(missing))}")
-    overrides = {
-        "sim_arm_node": {"mode": "synchronous", "autostart_episode": False, "start_paused": True,
-                         "continuous": False},
-        # no --checkpoint: the parameter file's value (normally '', the embedded default)
-        "magma_policy_node": {**({"checkpoint": settings.checkpoint} if settings.checkpoint else {}),
-                              "autostart": True, "use_sim_time": True},
-        "servo_bridge_node": {"autostart": True, "use_sim_time": True},
-    }
+    # no --checkpoint: the parameter file's value (normally '', the embedded default)
+    overrides = synchronous_loop_overrides(settings.checkpoint)
     bringup = dataclasses.replace(bringup, nodes=tuple(
         dataclasses.replace(n, overrides={**n.overrides, **overrides.get(n.executable, {})}) for n in bringup.nodes))
     progress = ProgressLine()

@@ -9,9 +9,16 @@ In: TwistStamped on Servo's ``delta_twist_cmds`` (speed units, frame_id required
 Two modes:
 
 * ``realtime``: sim time follows the wall clock (times ``realtime_factor``); commands act
-  the moment they arrive. If the machine falls behind, sim time slips (counted), never jumps.
+  the moment they arrive. Physics keeps time first: a camera frame that could only be
+  rendered late (more than one camera period behind) is skipped and counted, so a machine
+  too slow to render at ``camera_rate_hz`` gets fewer frames, not a slower world. If even
+  physics falls behind, sim time slips (counted), never jumps. The real-time factor, the
+  camera rate achieved and what each costs (render ms per frame, physics ms per sim second)
+  are measured over every diagnostics period, published on /diagnostics (WARN when behind)
+  and logged when the sim cannot keep up.
 * ``synchronous``: sim time stands still after each observation until it is answered, then
   advances one control period (see :mod:`magma_ros.sim.lockstep`). Deterministic for a seed.
+  The step runs as soon as the answer is complete, from the callback that completed it.
 
 Episodes: ``~/reset`` (std_srvs/Trigger) starts one from the ``seed``/``task``/``color``/
 ``max_steps`` parameters (settable at run time) and answers the status JSON; ``~/pause``
@@ -62,6 +69,8 @@ from magma_ros.sim.transforms import Pose
 WARN_PERIOD_S = 2.0
 MAX_LAG_S = 0.25
 """Realtime mode: sim time may trail the wall clock by this much before it slips."""
+REALTIME_WARN_FACTOR = 0.9
+"""Realtime mode: below this real-time factor (or camera-rate fraction) the sim says it is behind."""
 
 
 def stamp_of(seconds: float) -> Any:
@@ -110,10 +119,16 @@ class SimArmNode(Node):
         self._next = {"state": 0, "camera": 0, "control": 1}
         self.counters = {"twists": 0, "accepted": 0, "stale": 0, "out_of_order": 0, "paused": 0, "rejected": 0,
                          "ignored": 0, "gripper_commands": 0, "gripper_rejected": 0, "sync_timeouts": 0,
-                         "frames": 0, "lag_slips": 0, "episodes": 0}
+                         "frames": 0, "frames_skipped": 0, "lag_slips": 0, "episodes": 0, "sync_steps": 0}
         self._camera = camera
         self._camera_info = self._make_camera_info(camera.name)
         self._wall_start = time.monotonic()
+        # cost accounting since the last diagnostics (wall seconds): physics, rendering, running time
+        self._costs = {"physics_s": 0.0, "render_s": 0.0, "frames": 0, "skipped": 0, "sim_s": 0.0, "wall_s": 0.0,
+                       "steps": 0}
+        self._running_since: tuple[float, float] | None = None  # (wall, sim) while time runs
+        self.realtime_report: dict[str, float] = {}
+        self._last_report_at = self._wall_start
 
         def publisher(topic: contract.Topic, name: str) -> Any:
             return self.create_publisher(message_type(topic), name, qos(topic))
@@ -132,10 +147,12 @@ class SimArmNode(Node):
             "diagnostics": publisher(contract.DIAGNOSTICS, contract.DIAGNOSTICS.name),
         }
         inputs = ReentrantCallbackGroup()
-        self._twist_sub = self.create_subscription(TwistStamped, p.twist_topic, self._on_twist,
-                                                   qos(contract.SERVO_TWIST), callback_group=inputs)
+        # Commands one at a time, gripper first when both wait (answers send it before their twist).
+        commands = MutuallyExclusiveCallbackGroup()
         self._gripper_sub = self.create_subscription(JointTrajectory, p.gripper_topic, self._on_gripper,
-                                                     qos(contract.GRIPPER_TRAJECTORY), callback_group=inputs)
+                                                     qos(contract.GRIPPER_TRAJECTORY), callback_group=commands)
+        self._twist_sub = self.create_subscription(TwistStamped, p.twist_topic, self._on_twist,
+                                                   qos(contract.SERVO_TWIST), callback_group=commands)
         self._reset_srv = self.create_service(Trigger, contract.SIM_RESET_SERVICE, self._on_reset,
                                               callback_group=inputs)
         self._pause_srv = self.create_service(SetBool, contract.SIM_PAUSE_SERVICE, self._on_pause,
@@ -147,8 +164,12 @@ class SimArmNode(Node):
                 callback_group=inputs)
         accept_parameter_changes(self, SimArmParameters, lambda: self.params, self._apply_parameters)
         steady = Clock(clock_type=ClockType.STEADY_TIME)
-        # synchronous: poll the gate often; realtime: wake once per state period of wall time
-        tick = 0.005 if self.sync else min(0.02, max(0.002, 1.0 / (p.state_rate_hz * p.realtime_factor)))
+        # synchronous: answers step the sim from their callback; the timer only cuts answers that never
+        # complete (or waits out sync_quiet_s); realtime: wake once per state period of wall time
+        if self.sync:
+            tick = 0.005 if p.sync_answer_end == "quiet" else 0.02
+        else:
+            tick = min(0.02, max(0.002, 1.0 / (p.state_rate_hz * p.realtime_factor)))
         self._step_timer = self.create_timer(tick, self._on_step_timer, callback_group=MutuallyExclusiveCallbackGroup(),
                                              clock=steady)
         self._diagnostics_timer = self.create_timer(p.diagnostics_period_s, self._publish_diagnostics, clock=steady)
@@ -165,6 +186,7 @@ class SimArmNode(Node):
         p = self.params
         task = choose_task(p.task, p.seed, p.color, p.max_steps)
         with self._lock:
+            self._close_running_window()
             self.session.reset(task, p.seed)
             if not p.publish_clock:
                 self.session.offset = max(time.time(), self.session.offset)
@@ -196,6 +218,7 @@ class SimArmNode(Node):
             if paused:
                 self.gate.hold()
                 self._anchor = None
+                self._close_running_window()
             elif not self.session.done:
                 self._begin_running()
 
@@ -235,13 +258,25 @@ class SimArmNode(Node):
         return index
 
     def _advance(self, target_tick: int) -> None:
-        """Step to ``target_tick``, publishing every state, camera frame and control step due on the way."""
+        """Step to ``target_tick``, publishing every state, camera frame and control step due on the way.
+
+        Realtime: a camera frame due more than one camera period before ``target_tick`` is skipped
+        (rendering it would only put the world further behind the wall clock).
+        """
+        late_frame = math.inf if self.sync else math.ceil(self._period("camera") / self.cell.timestep)
         while not self._closed:
             due = {kind: self._tick_of(kind, index) for kind, index in self._next.items()}
             tick = min(due.values())
             if tick > target_tick:
                 break
+            if due["camera"] == tick and target_tick - tick > late_frame:
+                self._next["camera"] += 1
+                self.counters["frames_skipped"] += 1
+                self._costs["skipped"] += 1
+                continue
+            started = time.perf_counter()
             self.cell.step_ticks(tick - self.cell.ticks)
+            self._costs["physics_s"] += time.perf_counter() - started
             if due["control"] == tick:
                 self._next["control"] += 1
                 status = self.session.control_step_done()
@@ -251,7 +286,9 @@ class SimArmNode(Node):
                     self._episode_over(status)
                     return
             self._finish_tick(due, tick)
+        started = time.perf_counter()
         self.cell.step_ticks(max(0, target_tick - self.cell.ticks))
+        self._costs["physics_s"] += time.perf_counter() - started
 
     def _finish_tick(self, due: dict[str, int], tick: int) -> None:
         if due["state"] == tick:
@@ -264,19 +301,26 @@ class SimArmNode(Node):
     def _on_step_timer(self) -> None:
         if self._closed:
             return
+        if self.sync:
+            self._try_sync_step()
+            return
         try:
-            if self.sync:
-                command = self.gate.poll(time.monotonic())
-                if command is not None:
-                    self._sync_step(command)
-            else:
-                self._realtime_step()
+            self._realtime_step()
+        except SimError as err:
+            self.get_logger().error(f"simulation step failed: {err}", throttle_duration_sec=WARN_PERIOD_S)
+
+    def _try_sync_step(self) -> None:
+        """Run the synchronous step if its answer is complete (or timed out); callbacks and the timer call it."""
+        try:
+            command = self.gate.poll(time.monotonic())
+            if command is not None:
+                self._sync_step(command)
         except SimError as err:
             self.get_logger().error(f"simulation step failed: {err}", throttle_duration_sec=WARN_PERIOD_S)
 
     def _sync_step(self, command: StepCommand) -> None:
         with self._lock:
-            if self.paused or self.session.done:
+            if self.paused or self.session.done or self._closed:
                 return
             if command.timed_out:
                 self.counters["sync_timeouts"] += 1
@@ -284,18 +328,23 @@ class SimArmNode(Node):
                 self._apply_gripper(command.gripper)
             if command.twist is not None:
                 self._apply_twist(command.twist)
+            self.counters["sync_steps"] += 1
+            self._costs["steps"] += 1
             self._advance(self._tick_of("control", self._next["control"]))
 
     def _realtime_step(self) -> None:
         with self._lock:
             if self.paused or self.session.done:
                 self._anchor = None
+                self._close_running_window()
                 return
             now = time.monotonic()
             if self._anchor is None:
                 self._anchor = (now, self.cell.sim_time)
                 if not self.params.publish_clock:  # stamps follow the system clock (forward only)
                     self.session.offset = max(self.session.offset, time.time() - self.cell.sim_time)
+            if self._running_since is None:
+                self._running_since = (now, self.cell.sim_time)
             target = self._anchor[1] + (now - self._anchor[0]) * self.params.realtime_factor
             if target - self.cell.sim_time > MAX_LAG_S:
                 self.counters["lag_slips"] += 1
@@ -310,7 +359,9 @@ class SimArmNode(Node):
     def _on_twist(self, msg: TwistStamped) -> None:
         self.counters["twists"] += 1
         if self.sync:
-            self.gate.on_twist(msg, time.monotonic())
+            stamp = msg.header.stamp
+            self.gate.on_twist(msg, time.monotonic(), stamp.sec * 1_000_000_000 + stamp.nanosec)
+            self._try_sync_step()
             return
         with self._lock:
             self._apply_twist(msg)
@@ -318,6 +369,7 @@ class SimArmNode(Node):
     def _on_gripper(self, msg: JointTrajectory) -> None:
         if self.sync:
             self.gate.on_gripper(msg, time.monotonic())
+            self._try_sync_step()
             return
         with self._lock:
             self._apply_gripper(msg)
@@ -398,9 +450,13 @@ class SimArmNode(Node):
     def _publish_cameras(self) -> None:
         """Render and publish the cameras (an observation: synchronous mode now waits for its answer)."""
         header = self._header(self._camera.optical_frame)
+        started = time.perf_counter()
         frame = self.cell.render(self._camera.name)
+        self._costs["render_s"] += time.perf_counter() - started
+        self._costs["frames"] += 1
         if self.sync and not self.paused and not self.session.done:
-            self.gate.observation_published(time.monotonic())  # before publishing: answers may come at once
+            # before publishing: answers may come at once
+            self.gate.observation_published(time.monotonic(), header.stamp.sec * 1_000_000_000 + header.stamp.nanosec)
         self._out["image"].publish(numpy_to_image(frame.rgb, "rgb8", header=header))
         if self._out["depth"] is not None:
             self._out["depth"].publish(numpy_to_image(frame.depth, "32FC1", header=header))
@@ -435,20 +491,72 @@ class SimArmNode(Node):
         info.p = intrinsics.p.reshape(-1).tolist()
         return info
 
+    # -- real-time accounting ------------------------------------------------------------
+    def _close_running_window(self) -> None:
+        """Book the wall and sim time run since the window opened (lock held); time runs no more."""
+        if self._running_since is not None:
+            wall, sim = self._running_since
+            self._costs["wall_s"] += time.monotonic() - wall
+            self._costs["sim_s"] += max(0.0, self.cell.sim_time - sim)
+            self._running_since = None
+
+    def _take_realtime_report(self, period_s: float) -> dict[str, float]:
+        """What time ran and what it cost since the last report (lock held); starts a new window."""
+        running = self._running_since is not None
+        self._close_running_window()
+        if running:
+            self._running_since = (time.monotonic(), self.cell.sim_time)
+        c, p = self._costs, self.params
+        report = {"render_ms": c["render_s"] / c["frames"] * 1e3 if c["frames"] else 0.0,
+                  "physics_ms_per_sim_s": c["physics_s"] / c["sim_s"] * 1e3 if c["sim_s"] > 0 else 0.0,
+                  "frames": float(c["frames"]), "frames_skipped": float(c["skipped"])}
+        if self.sync:
+            report["steps_per_wall_s"] = c["steps"] / period_s if period_s > 0 else 0.0
+        elif c["wall_s"] >= 0.5:
+            report["real_time_factor"] = c["sim_s"] / c["wall_s"]
+            report["camera_hz"] = c["frames"] / c["sim_s"] if c["sim_s"] > 0 else 0.0
+            # wall seconds of rendering one sim second at the configured rate asks for
+            report["render_load"] = report["render_ms"] * 1e-3 * p.camera_rate_hz * p.realtime_factor
+        self._costs = dict.fromkeys(c, 0.0)  # type: ignore[arg-type]
+        return report
+
+    def _behind(self, report: dict[str, float]) -> str:
+        """Why realtime mode is not keeping up ('' when it is)."""
+        p = self.params
+        if "real_time_factor" not in report:
+            return ""
+        reasons = []
+        if report["real_time_factor"] < REALTIME_WARN_FACTOR * p.realtime_factor:
+            reasons.append(f"runs at {report['real_time_factor']:.2f}x real time (wanted {p.realtime_factor:g}x)")
+        if report["camera_hz"] < REALTIME_WARN_FACTOR * p.camera_rate_hz:
+            reasons.append(f"renders {report['camera_hz']:.1f} of {p.camera_rate_hz:g} camera frames per sim second")
+        if not reasons:
+            return ""
+        return (f"cannot keep real time: {' and '.join(reasons)}; one {p.image_width}x{p.image_height} render costs "
+                f"{report['render_ms']:.0f} ms (x {p.camera_rate_hz:g} Hz = {report['render_load']:.2f} s per "
+                f"second), physics {report['physics_ms_per_sim_s']:.0f} ms per sim second. Lower camera_rate_hz, "
+                "the image size or realtime_factor, or give the sim its own core")
+
     def _publish_diagnostics(self) -> None:
         if self._closed:
             return
+        now = time.monotonic()
         with self._lock:
             status = self.session.status() if self.session.task is not None else None
             sim_time = self.session.clock()
-        wall = time.monotonic() - self._wall_start
+            report = self._take_realtime_report(now - self._last_report_at)
+            self._last_report_at = now
+        self.realtime_report = report
+        wall = now - self._wall_start
         diag = DiagnosticStatus(name=f"{self.get_name()}: simulated workcell", hardware_id="pybullet panda")
-        slipping = not self.sync and self.counters["lag_slips"] > 0
-        diag.level = DiagnosticStatus.WARN if slipping else DiagnosticStatus.OK
-        diag.message = f"{self.params.mode}" + (", paused" if self.paused else "") + (
-            f", behind real time ({self.counters['lag_slips']} slips)" if slipping else "")
+        behind = "" if self.sync else self._behind(report)
+        if behind:
+            self.get_logger().warning(behind, throttle_duration_sec=10.0)
+        diag.level = DiagnosticStatus.WARN if behind else DiagnosticStatus.OK
+        diag.message = f"{self.params.mode}" + (", paused" if self.paused else "") + (f", {behind}" if behind else "")
         values = {"mode": self.params.mode, "paused": self.paused, "clock_s": f"{sim_time:.3f}",
                   "sim_seconds_per_wall_second": f"{(sim_time - 1.0) / wall:.3f}" if wall > 0 else "0",
+                  **{key: f"{value:.3f}" for key, value in report.items()},
                   **self.counters}
         if status is not None:
             values.update(episode=status.episode, seed=status.seed, instruction=status.instruction,

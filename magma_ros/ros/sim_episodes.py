@@ -71,6 +71,20 @@ def domain_warning(crowded: list[str]) -> str:
             f"{', '.join(crowded)}; their messages will mix into this run. Set ROS_DOMAIN_ID to a free domain.")
 
 
+def synchronous_loop_overrides(checkpoint: str = "") -> dict[str, dict[str, Any]]:
+    """Parameter overrides (by executable) that make a sim bringup a synchronous closed loop driven by
+    :class:`ClosedLoop`: the sim waits paused for episodes, steps on each answer's twist, and the
+    bridge answers each step at once (see :mod:`magma_ros.sim.lockstep`); '' keeps the parameter
+    file's checkpoint."""
+    return {
+        "sim_arm_node": {"mode": "synchronous", "autostart_episode": False, "start_paused": True,
+                         "continuous": False, "sync_answer_end": "first_twist"},
+        "magma_policy_node": {**({"checkpoint": checkpoint} if checkpoint else {}), "autostart": True,
+                              "use_sim_time": True},
+        "servo_bridge_node": {"autostart": True, "use_sim_time": True, "synchronous_stream": True},
+    }
+
+
 class SimEpisodeClient:
     """Episodes of a sim_arm_node: configure, reset, run, wait for the end."""
 

@@ -15,8 +15,16 @@ The protocol ``sim_arm_node`` runs in synchronous mode, one control step at a ti
      complete at the zero that ends that stream; zeros never open an answer (they are the
      tail of the previous one). No wall-clock guess is involved, so a starved executor makes
      the run slower, never different.
-   * ``"quiet"`` (a teleop sending one twist per observation): the answer is complete once a
-     twist has arrived and no command followed for ``quiet_s`` wall seconds.
+   * ``"first_twist"`` (a teleop sending one twist per observation, its gripper command, if
+     any, before it; or a Servo bridge with ``synchronous_stream``, which answers each step at
+     once: gripper command, the step's twist, then zeros): the answer is complete at its first
+     twist, zero or not. A twist stamped before the observation is the tail of an older answer
+     and is ignored. Nothing waits on the wall clock.
+   * ``"quiet"`` (a teleop whose order is unknown): the answer is complete once a twist has
+     arrived and no command followed for ``quiet_s`` wall seconds.
+
+   The sim steps from the callback that completed the answer (:meth:`LockstepGate.poll` right
+   after :meth:`LockstepGate.on_twist`), not from a polling timer.
 
    Either way an answer that never completes is cut ``timeout_s`` after it began.
 3. :meth:`LockstepGate.poll` then hands back a :class:`StepCommand`. If no twist answers
@@ -39,7 +47,7 @@ from typing import Any
 
 from magma_ros.sim.errors import ConfigError
 
-ANSWER_ENDS = ("zero_twist", "quiet")
+ANSWER_ENDS = ("zero_twist", "first_twist", "quiet")
 
 
 class GateState(enum.Enum):
@@ -90,13 +98,15 @@ class LockstepGate:
         self._twist: Any | None = None
         self._gripper: Any | None = None
         self._count = 0
+        self._stamp_ns: int | None = None
         self.ignored = 0  # commands that belong to no answer (holding, or a stream's tail)
 
-    def observation_published(self, now: float) -> None:
-        """An observation is out: wait for its answer from ``now``."""
+    def observation_published(self, now: float, stamp_ns: int | None = None) -> None:
+        """An observation (stamped ``stamp_ns``, if given) is out: wait for its answer from ``now``."""
         with self._lock:
             self.state = GateState.AWAITING
             self._published_at = now
+            self._stamp_ns = stamp_ns
             self._complete = False
             self._twist = self._gripper = None
             self._count = 0
@@ -107,10 +117,16 @@ class LockstepGate:
             self.state = GateState.HOLDING
             self._twist = self._gripper = None
 
-    def on_twist(self, twist: Any, now: float) -> None:
+    def on_twist(self, twist: Any, now: float, stamp_ns: int | None = None) -> None:
+        """A twist arrived at wall time ``now``; with ``first_twist``, ``stamp_ns`` (its header stamp) tells
+        the tail of an older answer apart."""
         with self._lock:
             if self.state is GateState.HOLDING or self._complete:
                 self.ignored += 1
+                return
+            if self.end == "first_twist" and stamp_ns is not None and self._stamp_ns is not None \
+                    and stamp_ns < self._stamp_ns:
+                self.ignored += 1  # stamped before the observation: it answers an older one
                 return
             zero = self.is_zero(twist)
             if self.state is GateState.AWAITING:
@@ -120,6 +136,7 @@ class LockstepGate:
                 self.state = GateState.COLLECTING
                 self._first_at = now
                 self._twist = twist
+                self._complete = self.end == "first_twist"
             elif zero and self.end == "zero_twist":
                 self._complete = True
             self._last_at = now

@@ -17,7 +17,7 @@ from magma_ros import contract
 from magma_ros.bags import BagReader
 from magma_ros.bringup import load_bringup
 from magma_ros.ros.bringup_runner import node_class
-from magma_ros.ros.sim_episodes import ClosedLoop
+from magma_ros.ros.sim_episodes import ClosedLoop, synchronous_loop_overrides
 from magma_ros.sim.session import choose_task
 from tests.ros.harness import VENV_BIN, RosGraph, wait_for
 from tests.ros.test_sim_arm_node import Collector, seconds
@@ -97,8 +97,7 @@ def test_cli_lists_the_new_subcommands() -> None:
 def closed_loop(graph: RosGraph, tiny_checkpoint: Path) -> ClosedLoop:
     """sim + policy + bridge from config/bringup/sim.yaml in the test's private context."""
     bringup = load_bringup(REPO / "config" / "bringup" / "sim.yaml")
-    extra = {"sim_arm_node": {"autostart_episode": False, "start_paused": True, "continuous": False},
-             "magma_policy_node": {"checkpoint": str(tiny_checkpoint)}}
+    extra = synchronous_loop_overrides(str(tiny_checkpoint))  # what evaluate runs
     for launch in bringup.nodes:
         overrides = [Parameter(k, value=v) for k, v in {**launch.overrides, **extra.get(launch.executable, {})}.items()]
         graph.add(node_class(launch.executable)(context=graph.context, cli_args=launch.ros_args(),
