@@ -239,7 +239,7 @@ class _Storage:
     name: str                        # the file as the bag names it (x_0.mcap, x_0.mcap.zstd)
     reader: Any                      # rosbags McapReader / Sqlite3Reader
     streams: dict[tuple[str, str], list[Any]]  # (topic, type) -> storage connections
-    chunk_starts: dict[int, int] = field(default_factory=dict)  # mcap chunk offset -> earliest time
+    chunk_ranges: dict[int, tuple[int, int]] = field(default_factory=dict)  # mcap chunk offset -> times
 
 
 @dataclass
@@ -399,7 +399,7 @@ class BagReader:
         partial = False
         if path.suffix == ".zstd":
             path, partial = self._decompress_file(name, path)
-        starts: dict[int, int] = {}
+        ranges: dict[int, tuple[int, int]] = {}
         if path.suffix != ".mcap":
             reader = _open_reader(Sqlite3Reader, path, name, self.path)
         else:
@@ -409,7 +409,7 @@ class BagReader:
                                            else "is truncated (recording interrupted?)")
             try:
                 reader = _open_reader(McapReader, path)
-                problem, starts = ("", {}) if index is not None else _mcap_index_problem(reader, path)
+                problem, ranges = ("", {}) if index is not None else _mcap_index_problem(reader, path)
             except _DAMAGE as err:
                 if index is not None or not _is_mcap(path):
                     raise CorruptBagError(f"cannot read bag {self.path}: {name}: {_describe(err)}") from err
@@ -425,7 +425,7 @@ class BagReader:
         streams: dict[tuple[str, str], list[Any]] = {}
         for conn in reader.connections:
             streams.setdefault((conn.topic, conn.msgtype), []).append(conn)
-        return _Storage(name, reader, streams, starts)
+        return _Storage(name, reader, streams, ranges)
 
     def _decompress_file(self, name: str, path: Path) -> tuple[Path, bool]:
         """A zstd file-compressed storage file decompressed to the temporary directory; whether only partly."""
@@ -603,7 +603,8 @@ class BagReader:
         reader, name = storage.reader, storage.name
         if isinstance(reader, McapReader) and reader.chunks:
             sources = [_chunk_messages(reader, chunk, conns, start, stop, tally, name,
-                                       storage.chunk_starts.get(chunk.chunk_start_offset, chunk.message_start_time))
+                                       storage.chunk_ranges.get(chunk.chunk_start_offset,
+                                                                (chunk.message_start_time, chunk.message_end_time)))
                        for chunk in reader.chunks
                        if (start is None or start <= chunk.message_end_time)
                        and (stop is None or chunk.message_start_time < stop)
@@ -709,9 +710,9 @@ def _is_mcap(path: Path) -> bool:
         return f.read(len(_MCAP_MAGIC)) == _MCAP_MAGIC
 
 
-def _mcap_index_problem(reader: Any, path: Path) -> tuple[str, dict[int, int]]:
+def _mcap_index_problem(reader: Any, path: Path) -> tuple[str, dict[int, tuple[int, int]]]:
     """What is wrong with an opened mcap's summary (chunk index, statistics), '' when it is consistent;
-    and each chunk's earliest time by its index or its own header, whichever is earlier.
+    and each chunk's time range as wide as its index and its own header say.
 
     The reader trusts the summary; a damaged byte there would misplace chunks or
     misstate counts, so it is checked against itself and the chunk records it points to
@@ -719,29 +720,31 @@ def _mcap_index_problem(reader: Any, path: Path) -> tuple[str, dict[int, int]]:
     A chunk is decoded when the merge reaches its earliest time: taking the earlier of
     the two copies keeps the order when one of them is damaged.
     """
-    starts: dict[int, int] = {}
+    ranges: dict[int, tuple[int, int]] = {}
     if not reader.chunks:
-        return "", starts
+        return "", ranges
     size = path.stat().st_size
     totals: dict[int, int] = {}
     with path.open("rb") as f:
         for chunk in reader.chunks:
             if not 0 < chunk.chunk_start_offset < size:
-                return f"chunk index points outside the file ({chunk.chunk_start_offset})", starts
+                return f"chunk index points outside the file ({chunk.chunk_start_offset})", ranges
             f.seek(chunk.chunk_start_offset)
-            head = f.read(9 + 8)
-            if len(head) < 17 or head[0] != 0x06:
-                return f"chunk index points to no chunk (byte {chunk.chunk_start_offset})", starts
-            starts[chunk.chunk_start_offset] = min(chunk.message_start_time, int.from_bytes(head[9:], "little"))
+            head = f.read(9 + 16)
+            if len(head) < 25 or head[0] != 0x06:
+                return f"chunk index points to no chunk (byte {chunk.chunk_start_offset})", ranges
+            start, end = struct.unpack_from("<QQ", head, 9)
+            ranges[chunk.chunk_start_offset] = (min(chunk.message_start_time, start),
+                                                max(chunk.message_end_time, end))
             for cid, count in chunk.channel_count.items():
                 totals[cid] = totals.get(cid, 0) + count
     stats = reader.statistics
     if stats is not None and {k: v for k, v in stats.channel_message_counts.items() if v} != \
             {k: v for k, v in totals.items() if v}:
-        return "statistics disagree with the chunk index", starts
+        return "statistics disagree with the chunk index", ranges
     if any(cid not in reader.channels for cid in totals):
-        return "chunk index names unknown channels", starts
-    return "", starts
+        return "chunk index names unknown channels", ranges
+    return "", ranges
 
 
 def _open_reader(cls: type, path: Path, name: str = "", bag: Path | None = None) -> Any:
@@ -775,7 +778,8 @@ def _read_metadata(bag: Path) -> _Meta:
             topics[key] = (old[0] + int(entry["message_count"]), old[1] + qos_profiles,
                            str(meta.get("serialization_format", "cdr")))
         files = [PurePath(str(p)).name for p in info.get("relative_file_paths") or []]
-        file_counts = {PurePath(str(f["path"])).name: int(f["message_count"]) for f in info.get("files") or []}
+        file_counts = {PurePath(str(f["path"])).name: int(f["message_count"]) for f in info.get("files") or []
+                       if isinstance(f, dict) and "path" in f and "message_count" in f}  # optional (version >= 5)
         mode = str(info.get("compression_mode") or "").lower()
         mode = "" if mode == "none" else mode
         fmt = str(info.get("compression_format") or "").lower()
@@ -812,13 +816,14 @@ def _parse_definition(conn: Any) -> dict[str, Any]:
 
 
 def _chunk_messages(reader: Any, chunk: Any, conns: dict[int, tuple[str, str]], start: int | None,
-                    stop: int | None, tally: _Tally, name: str, first: int,
+                    stop: int | None, tally: _Tally, name: str, span: tuple[int, int],
                     ) -> Iterator[tuple[int, tuple[str, str] | None, bytes, str]]:
     """One mcap chunk's messages in time order, decoded only when the merge reaches the chunk.
 
     A chunk that does not decompress, fails its checksum or holds a malformed record
     is counted as lost (its index says how many messages it held) and skipped.
     """
+    first, last = span
     yield first, None, b"", name  # the merge's place holder until the chunk is due
     expected = sum(chunk.channel_count.get(cid, 0) for cid in conns)
     where = f"{name} chunk at byte {chunk.chunk_start_offset}"
@@ -834,7 +839,7 @@ def _chunk_messages(reader: Any, chunk: Any, conns: dict[int, tuple[str, str]], 
         return
     low, high = (-1 if start is None else start), (1 << 64 if stop is None else stop)
     found: list[tuple[int, tuple[str, str] | None, bytes, str]] = []
-    seen = pos = 0
+    seen = outside = pos = 0
     view = memoryview(raw)
     try:
         while pos < len(raw):
@@ -850,11 +855,18 @@ def _chunk_messages(reader: Any, chunk: Any, conns: dict[int, tuple[str, str]], 
                 channel, _, log_time = struct.unpack_from("<HIQ", raw, body)
                 if channel in conns:
                     seen += 1
-                    if low <= log_time < high:
+                    if not first <= log_time <= last:  # a damaged time: it would also break the merge order
+                        outside += 1
+                    elif low <= log_time < high:
                         found.append((log_time, conns[channel], bytes(view[body + 22:body + length]), name))
             pos = body + length
     except (ValueError, struct.error) as err:
         tally.lose(max(0, expected - seen), where, f"is malformed ({_describe(err)})")
+    else:
+        if seen < expected:
+            tally.lose(expected - seen, where, "holds fewer messages than its index says (damaged channel ids?)")
+    if outside:
+        tally.lose(outside, where, "holds messages whose recorded time lies outside the chunk's (damaged)")
     found.sort(key=itemgetter(0))
     yield from found
 

@@ -246,6 +246,20 @@ def test_record_length_damaged_in_an_unchecked_chunk_loses_the_rest_of_that_chun
                                     "(record at byte 0 claims ")
 
 
+def test_message_time_damaged_in_an_unchecked_chunk_drops_that_message_and_keeps_the_order(chunked,
+                                                                                         tmp_path) -> None:
+    # log_time of chunk 1's first message (record: opcode, length u64, channel u16, sequence u32, log_time u64)
+    path, chunks = damaged_copy(chunked, "nocrc", tmp_path, lambda c: c[1].data_offset + 9 + 6 + 7)
+    counts = chunk_counts(storage_file(chunked["nocrc"]))
+    messages, result = read_all(path)
+    got = [(m.topic, m.timestamp) for m in messages]
+    first_of_chunk_1 = recorded(BIG)[counts[0][1]]
+    assert got == [r for r in recorded(BIG) if r != first_of_chunk_1]  # in order, the damaged one left out
+    assert result.line() == (f"bag {path}: read 54 of 55 messages announced by metadata.yaml; 1 unreadable: "
+                             f"1 message: nocrc.mcap chunk at byte {chunks[1].offset} holds messages whose recorded "
+                             "time lies outside the chunk's (damaged)")
+
+
 def test_damaged_summary_is_read_by_scanning_with_one_warning(chunked, tmp_path) -> None:
     path = copy(chunked["zstd"], tmp_path / "summary")
     size = storage_file(path).stat().st_size
