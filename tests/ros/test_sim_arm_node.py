@@ -313,3 +313,52 @@ def test_realtime_teleop_on_the_system_clock(graph: RosGraph) -> None:
     moved = rig.poses()[-1].pose.position.x - start_x
     assert rig.sim.counters["accepted"] > 0, rig.sim.counters  # a starved machine delivers some twists stale
     assert 0.005 < moved < 0.11, rig.sim.counters
+
+
+def test_first_twist_answers_step_at_once_and_older_tails_are_ignored(graph: RosGraph) -> None:
+    """sync_answer_end first_twist (a bridge with synchronous_stream, the expert): each step runs as soon as its
+    twist is in; a twist stamped before the frame (an older answer's tail) is not the step's command."""
+    rig = Rig(graph, sync_answer_end="first_twist", sync_timeout_s=5.0)
+
+    def answer(msg: Image) -> None:
+        old = stamp_of(seconds(msg) - 0.1)
+        rig.twist(old, linear=(-0.2, 0.0, 0.0))  # the tail of the previous answer: ignored
+        point = JointTrajectoryPoint(positions=[0.02, 0.02], time_from_start=Duration(nanosec=500_000_000))
+        rig.gripper_pub.publish(JointTrajectory(joint_names=list(PANDA_FINGER_JOINTS), points=[point]))
+        rig.twist(msg.header.stamp, linear=(0.1, 0.0, 0.0))
+
+    rig.answer_frames(answer, count=6)
+    rig.start(max_steps=6)
+    assert wait_for(lambda: rig.sim.status.done, 20.0), rig.sim.counters
+    counters = rig.sim.counters
+    # a timeout would mean the step waited for something the answer had already given
+    assert counters["sync_timeouts"] == 0 and counters["sync_steps"] == 6, counters
+    assert counters["accepted"] == 6 and counters["gripper_commands"] == 6, counters
+    assert rig.sim.gate.ignored >= 6  # every tail
+    xs = [p.pose.position.x for p in rig.poses()]
+    assert xs[-1] - xs[0] > 0.03, xs  # 6 steps at +0.1 m/s, never the tails' -0.2
+
+
+def test_realtime_says_when_it_cannot_render_at_the_camera_rate(graph: RosGraph) -> None:
+    """A 640x480 camera at 60 Hz is more rendering than any CPU here affords: physics keeps time, frames are
+    skipped, and the diagnostics (WARN) and the log say why, with the measured costs."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    rig = Rig(graph, mode="realtime", image_width=640, image_height=480, camera_rate_hz=60.0, state_rate_hz=30.0,
+              start_paused=False, autostart_episode=True, diagnostics_period_s=0.5, publish_depth=False)
+    reports = Collector(rig.probe, DiagnosticArray, contract.DIAGNOSTICS)
+
+    def behind() -> list[Any]:
+        return [s for a in reports() for s in a.status
+                if s.name.startswith("sim_arm_node") and any(kv.key == "real_time_factor" for kv in s.values)
+                and "cannot keep real time" in s.message]
+
+    assert wait_for(lambda: behind(), 20.0), [s.message for a in reports() for s in a.status]
+    status = behind()[-1]
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == DiagnosticStatus.WARN
+    assert float(values["render_ms"]) > 0 and float(values["camera_hz"]) < 0.9 * 60.0, values
+    assert float(values["render_load"]) > 0.9, values  # rendering 60 frames would take most of a second or more
+    assert "renders" in status.message and "camera frames per sim second" in status.message
+    assert rig.sim.counters["frames_skipped"] > 0, rig.sim.counters
+    rig.client.pause(True)

@@ -82,3 +82,33 @@ def test_hold_drops_an_answer_in_progress():
 def test_bad_settings_are_refused(timeout, quiet, end):
     with pytest.raises(ConfigError):
         LockstepGate(timeout, quiet, end)
+
+
+def test_first_twist_completes_an_answer_at_once_with_the_gripper_sent_before_it():
+    g = gate("first_twist")
+    g.observation_published(now=0.0, stamp_ns=1_000)
+    g.on_gripper("close", now=0.001)
+    assert g.poll(0.001) is None  # a gripper command alone is not an answer
+    g.on_twist("zero", now=0.002, stamp_ns=1_000)  # a zero twist is a whole answer here (the arm halts)
+    command = g.poll(0.002)  # no wall-clock wait: complete at the twist
+    assert command is not None and (command.twist, command.gripper, command.timed_out) == ("zero", "close", False)
+    g.on_twist("zero", now=0.003, stamp_ns=1_000)  # the zeros that end a bridge's answer: ignored
+    assert g.poll(0.5) is None and g.ignored == 1
+
+
+def test_first_twist_ignores_the_tail_of_an_older_answer_by_its_stamp():
+    g = gate("first_twist")
+    g.observation_published(now=0.0, stamp_ns=2_000)
+    g.on_twist("v_old", now=0.001, stamp_ns=1_999)  # stamped before the observation
+    assert g.poll(0.01) is None and g.state is GateState.AWAITING and g.ignored == 1
+    g.on_twist("v_new", now=0.02, stamp_ns=2_000)
+    command = g.poll(0.02)
+    assert command is not None and command.twist == "v_new" and command.commands == 1
+
+
+def test_first_twist_still_times_out_without_an_answer():
+    g = gate("first_twist")
+    g.observation_published(now=0.0, stamp_ns=5)
+    assert g.poll(0.99) is None
+    command = g.poll(1.0)
+    assert command is not None and command.timed_out and command.twist is None
