@@ -9,7 +9,9 @@ exact one (:mod:`magma_ros.sim.point_tracks`). Errors count points visible in ev
 their window (ground truth), at every frame after the first. Frames/s is tracking time only
 (not rendering). The default tracker and plain OpenCV LK with the same forward-backward check
 (flat, textureless points lost as OpenCV reports them, lost points held) run side by side on
-the same windows.
+the same windows. Then the ToM labels built from the default tracker's tracks are checked the
+same way: each answer's traces (grid cells read back as pixels) against the exact tracks of the
+points the marks sit on.
 """
 
 from __future__ import annotations
@@ -20,9 +22,17 @@ import time
 
 import numpy as np
 
+from magma_ros.codecs import grid_point_to_pixel
 from magma_ros.sim import TaskFamily, Workcell, WorkcellConfig, task_for_seed
-from magma_ros.sim.point_tracks import GROUND_TRUTH_CAMERA, record_expert_episode, track_errors
-from magma_ros.training.tracking import LucasKanadeConfig, LucasKanadeTracker, PointTracker, grid_queries
+from magma_ros.sim.point_tracks import GROUND_TRUTH_CAMERA, GroundTruthTracks, record_expert_episode, track_errors
+from magma_ros.training.trace_labels import TraceLabelConfig, label_window
+from magma_ros.training.tracking import (
+    LucasKanadeConfig,
+    LucasKanadeTracker,
+    PointTracker,
+    PointTracks,
+    grid_queries,
+)
 
 MEDIAN_FLOOR_PX = 3.0
 """Issue floor: median error at 256 x 256 over 16-frame windows for points visible throughout."""
@@ -34,6 +44,24 @@ def _median(values: np.ndarray) -> float:
 
 def _quantile(values: np.ndarray, q: float) -> float:
     return float(np.quantile(values, q)) if values.size else float("nan")
+
+
+def label_errors(frames: np.ndarray, instruction: str, tracks: PointTracks, truth: GroundTruthTracks,
+                 tracker: PointTracker, config: TraceLabelConfig, step: int) -> tuple[list[np.ndarray], list[bool]]:
+    """Pixel errors of one window's ToM answer traces against the ground truth, and whether each
+    answer mark sits on something that moves; ([], []) when the window gets no label."""
+    label = label_window(frames, instruction, tracker, config, episode_id="bench", step=step, tracks=tracks)
+    if isinstance(label, str):
+        return [], []
+    size = (frames.shape[2], frames.shape[1])
+    errors, on_moving = [], []
+    for mark_id, trace in label.sample.traces.items():
+        source = label.sources[mark_id]
+        pixels = np.array([grid_point_to_pixel(x, y, size) for x, y in trace])
+        seen = truth.visible[1:1 + len(pixels), source]
+        errors.append(np.linalg.norm(pixels - truth.points[1:1 + len(pixels), source], axis=1)[seen])
+        on_moving.append(bool(truth.moving[source]))
+    return errors, on_moving
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -62,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     families = [TaskFamily.PICK.value, TaskFamily.REACH.value]
     render_s = 0.0
     windows = 0
+    label_config = TraceLabelConfig(window=args.window, grid_size=args.grid)
+    trace_errors: list[np.ndarray] = []
+    marks_on_moving: list[bool] = []
     print(f"{args.episodes} expert episodes x {args.steps} frames at 256x256, {args.grid}x{args.grid} = "
           f"{len(queries)} points, {args.window}-frame windows every {args.stride} steps", flush=True)
     with Workcell(WorkcellConfig(cameras=(GROUND_TRUTH_CAMERA,))) as cell:
@@ -87,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
                     row["kept_moving"].append(errors.kept_moving)
                     row["kept"] += errors.kept
                     row["counted"] += errors.counted
+                    if name == "lk (default)":
+                        errs, moving = label_errors(frames, recording.instruction, tracks, truth, tracker,
+                                                    label_config, first)
+                        trace_errors += errs
+                        marks_on_moving += moving
             print(f"  episode {e + 1}/{args.episodes}: {task.instruction!r} seed {seed}", flush=True)
     print(f"{windows} windows; rendering + physics {render_s:.1f} s (not in frames/s)")
     print(f"{'tracker':<22}{'median px':>10}{'p90 px':>8}{'moving med':>11}{'moving p90':>11}"
@@ -107,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     print("(median/p90: all points visible throughout their window; moving: those moving > 1 px; kept mov: "
           "moving points the tracker reports visible throughout; kept: share of all counted points it reports "
           "visible throughout)")
+    if trace_errors:
+        traced = np.concatenate(trace_errors)
+        print(f"ToM labels (default tracker): {len(trace_errors)} answer traces; trace error median "
+              f"{np.median(traced):.2f} px, p90 {np.quantile(traced, 0.9):.2f} px; "
+              f"{np.mean(marks_on_moving):.0%} of answer marks on something that moves")
     return 1 if failures else 0
 
 
