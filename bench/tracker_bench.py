@@ -79,7 +79,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    """``argv`` None (as bench/run.py calls it): the defaults, not the caller's command line."""
+    args = parse_args([] if argv is None else argv)
     trackers: dict[str, PointTracker] = {
         "lk (default)": LucasKanadeTracker(),
         "plain OpenCV LK + FB": LucasKanadeTracker(LucasKanadeConfig(hold_flat_points=False, follow_radius_px=0.0)),
@@ -152,4 +153,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
