@@ -227,6 +227,36 @@ def test_trace_endpoint_error_is_the_last_point_distance_on_the_grid() -> None:
 
 
 @pytest.mark.slow  # runs the tiny model (seconds per query on a loaded 2-core box)
+def test_trace_labels_on_disk_are_found_and_queried(backend: TorchBackend, tmp_path: Path) -> None:
+    """ToM labels written by label-traces' writer (traces/<episode>.parquet) are read by default."""
+    from magma_ros.codecs import Mark, build_tom_query
+    from magma_ros.training.trace_labels import WindowLabel, write_trace_labels
+
+    root = _write_dataset(tmp_path / "data", _random_actions())
+    size = ImageSize(32, 32)
+    frame = np.full((32, 32, 3), 90, np.uint8)
+    for episode_id, marks in (("ep_a", {3: [(40, 40), (60, 44)]}), ("ep_b", {1: [(100, 90)], 5: [(10, 20)]})):
+        sample = TraceSample(episode_id=episode_id, step=0, image=frame,
+                             question=build_tom_query("pick up the red cube", 8, mark_ids=sorted(marks)),
+                             answer="", traces={k: np.array(v, np.int32) for k, v in marks.items()})
+        drawn = tuple(Mark.at_grid(k, *v[0], size) for k, v in marks.items())
+        label = WindowLabel(sample=sample, instruction="pick up the red cube", marks=drawn,
+                            moving_ids=tuple(marks), pixel_traces={}, camera_motion=False, frames=frame[None],
+                            sources={})
+        write_trace_labels(root, episode_id, [label])
+    result = evaluate_offline(backend, TrajectoryDataset(root), tmp_path / "out",
+                              OfflineEvalConfig(max_steps=1, plots=False, progress=False))
+    traces = result.summary["traces"]
+    assert traces["samples"] == 2 and traces["labelled_marks"] == 3
+    only_a = evaluate_offline(backend, TrajectoryDataset(root), tmp_path / "out_a",
+                              OfflineEvalConfig(max_episodes=1, max_steps=1, plots=False, progress=False))
+    assert only_a.summary["traces"]["samples"] == 1 and only_a.summary["traces"]["labelled_marks"] == 1
+    none = evaluate_offline(backend, TrajectoryDataset(root), tmp_path / "out_none",
+                            OfflineEvalConfig(max_steps=1, trace_samples=0, plots=False, progress=False))
+    assert none.summary["traces"]["samples"] == 0
+
+
+@pytest.mark.slow  # runs the tiny model (seconds per query on a loaded 2-core box)
 def test_traces_are_queried_through_the_backend(backend: TorchBackend, dataset_dir: Path, tmp_path: Path) -> None:
     samples = [_sample({1: [(10, 10), (20, 20)]}), _sample({2: [(30, 30)], 3: [(40, 40)]})]
     result = evaluate_offline(backend, TrajectoryDataset(dataset_dir), tmp_path,
