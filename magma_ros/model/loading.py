@@ -154,13 +154,14 @@ def read_headers(files: list[Path],
 # Segments wrappers add to parameter names; the checkpoint name is the name without them.
 # (activation checkpointing, FSDP1, DDP, peft's PeftModel / LoRA base layer).
 _WRAPPER_SEGMENTS: tuple[str, ...] = ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "_orig_mod.")
-_WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "base_model.model.")
+# (MagmaForCausalLM's own names start with vision_tower., multi_modal_projector., language_model.)
+_WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "model.", "base_model.model.")
 
 
 def checkpoint_name(name: str) -> str:
     """The checkpoint key of a (possibly wrapped) model's parameter name: wrapper segments
-    (activation checkpointing, FSDP1, ``torch.compile``, DDP ``module.``, peft
-    ``base_model.model.`` and LoRA ``.base_layer``) removed."""
+    (activation checkpointing, FSDP1, ``torch.compile``, DDP ``module.``, a training wrapper's
+    ``model.``, peft ``base_model.model.`` and LoRA ``.base_layer``) removed."""
     for segment in _WRAPPER_SEGMENTS:
         name = name.replace(segment, "")
     changed = True

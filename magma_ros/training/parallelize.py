@@ -214,7 +214,11 @@ def lora_merged_tensors(peft_model: nn.Module) -> dict[str, torch.Tensor]:
 def apply_activation_checkpointing(model: MagmaForCausalLM) -> None:
     """Recompute activations in the backward pass: every LLaMA decoder layer (transformers'
     non-reentrant checkpointing) and every ConvNeXt stage (timm)."""
-    model.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    llm = model.language_model
+    if hasattr(llm, "activation_checkpointing_enable"):    # transformers >= 5.2
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.language_model.config.use_cache = False
     trunk = model.vision_tower.clip_vision_model.trunk
     if hasattr(trunk, "set_grad_checkpointing"):
