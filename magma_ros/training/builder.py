@@ -176,6 +176,11 @@ def _outcomes(jobs: list[_Job], workers: int):  # type: ignore[no-untyped-def]
         for job in jobs:
             yield _run(job)
         return
+    # import the heavy libraries once, before the workers fork, instead of once in every worker
+    import cv2  # noqa: F401
+    import PIL.Image  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs), os.cpu_count() or 1)) as pool:
         yield from pool.map(_run, jobs)
 

@@ -26,6 +26,7 @@ builder skips it rather than train on a silently shortened episode. ROS-free.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import struct
 from collections import Counter
@@ -34,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rosbags.serde import SerdeError
 
-from magma_ros.bags import BagError, BagReader
+from magma_ros.bags import BagError, BagReader, typestore_for
 from magma_ros.conventions import EpisodeMetadata, gripper_command, pose_deltas, quat_to_rpy
 from magma_ros.training.records import DatasetError
 from magma_ros.training.spec import DatasetSpec
@@ -43,6 +45,12 @@ from magma_ros.training.spec import DatasetSpec
 __all__ = ["Episode", "EpisodeError", "episode_id_for", "find_bags", "read_episode"]
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+_STANDARD_TYPES = frozenset({
+    *IMAGE_TYPES, "geometry_msgs/msg/PoseStamped", "tf2_msgs/msg/TFMessage", "sensor_msgs/msg/JointState",
+    "trajectory_msgs/msg/JointTrajectory", "std_msgs/msg/String", "std_msgs/msg/Bool", "std_msgs/msg/Float32",
+    "std_msgs/msg/Float64"})
+"""Types whose definition is the same in every supported distro: decoded with one process-wide typestore,
+so their deserializers are generated once per process, not once per bag."""
 _STEP_FRACTION = 0.9
 _STORAGE_SUFFIXES = (".mcap", ".db3", ".zstd")
 
@@ -144,6 +152,21 @@ class _Series:
 
     def __len__(self) -> int:
         return len(self.stamps)
+
+
+@functools.lru_cache(maxsize=1)
+def _standard_store() -> Any:
+    return typestore_for("kilted")
+
+
+def _decode(bag: BagReader, message: Any) -> Any:
+    """A bag message decoded; standard types through the shared typestore (the bag's own on failure)."""
+    if message.msgtype in _STANDARD_TYPES:
+        try:
+            return _standard_store().deserialize_cdr(message.data, message.msgtype)
+        except (SerdeError, struct.error, ValueError, IndexError, KeyError):
+            pass  # let the bag's typestore decode it, or say why it cannot
+    return bag.deserialize(message)
 
 
 def _ns(stamp: Any) -> int:
@@ -310,7 +333,7 @@ def _read(bag: BagReader, bag_path: Path, episode_id: str, spec: DatasetSpec,
             stamp = _header_stamp(message.data) if header_stamps and image_has_header else 0
             image_stamps.append(stamp or message.timestamp)
             continue
-        msg = bag.deserialize(message)
+        msg = _decode(bag, message)
         header = getattr(msg, "header", None)
         stamp = (_ns(header.stamp) if header_stamps and header is not None else 0) or message.timestamp
         if spec.state.source == "pose" and topic == spec.state.topic:
@@ -439,7 +462,7 @@ def _instruction(spec: DatasetSpec, metadata: EpisodeMetadata, texts: _Series, t
 def _frame(bag: BagReader, message: Any, size: int) -> np.ndarray:
     from magma_ros.image_codec import message_to_rgb8, resize_frame
 
-    rgb = message_to_rgb8(bag.deserialize(message))
+    rgb = message_to_rgb8(_decode(bag, message))
     if size:
         rgb = resize_frame(np.ascontiguousarray(rgb), size)
     return np.ascontiguousarray(rgb)
