@@ -102,6 +102,7 @@ def test_loaded_checkpoint_is_trainable(base_checkpoint):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_full_finetune_from_disk_lowers_held_out_loss_and_exports(base_checkpoint, source, tmp_path):
     trainer = _trainer(small_config(), base_checkpoint, source, tmp_path)
     assert trainer.trainable_params == sum(p.numel() for p in trainer.module.parameters())
@@ -139,6 +140,7 @@ def test_full_finetune_from_disk_lowers_held_out_loss_and_exports(base_checkpoin
     assert (tmp_path / "train_config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_lora_from_disk_trains_adapters_and_merges_on_export(base_checkpoint, source, tmp_path):
     config = small_config(lora=LoraConfig(rank=4, alpha=8.0), lr=1e-2, steps=6, save_every=6)
     trainer = _trainer(config, base_checkpoint, source, tmp_path)
@@ -160,6 +162,7 @@ def test_lora_from_disk_trains_adapters_and_merges_on_export(base_checkpoint, so
     assert torch.equal(merged[embed], base[embed])                     # frozen stays frozen
 
 
+@pytest.mark.slow
 def test_resumed_run_continues_the_same_curve(base_checkpoint, tmp_path):
     source = synthetic_source(episodes=3, steps=4)
     config = small_config(steps=6, eval_every=100, save_every=100, batch_size=3, eval_generate=0,
@@ -206,7 +209,8 @@ def test_torchrun_two_processes_match_one_process_over_the_combined_batch(tmp_pa
     # Magma's fine-tuning learning rate: AdamW divides by sqrt(v), so float32 differences between batch
     # shapes (~1e-6 relative in the gradients) grow into parameter differences proportional to lr
     recipe.write_text("steps: 3\nwarmup_steps: 1\nlr: 0.00001\naction_frame_size: 64\neval_every: 100\n"
-                      "save_every: 100\neval_generate: 0\nprecision: fp32\neval_fraction: 0.25\nparallel: ddp\nlog_every: 1\n")
+                      "save_every: 100\neval_generate: 0\nprecision: fp32\neval_fraction: 0.25\nparallel: ddp\n"
+                      "log_every: 1\n")
     common = ["--init", "tiny:magma-tiny", "--data", str(data), "--config", str(recipe), "--no-progress",
               "--device", "cpu"]
     _run([sys.executable, "-m", "magma_ros.cli.train", *common, "--out", str(tmp_path / "one"), "--batch-size", "4"])
@@ -224,6 +228,7 @@ def test_torchrun_two_processes_match_one_process_over_the_combined_batch(tmp_pa
     assert len(losses[0]) == 3 and np.allclose(losses[0], losses[1], rtol=0, atol=1e-5), losses
 
 
+@pytest.mark.slow
 def test_cli_trains_on_a_recorded_dataset(sim_dataset, tmp_path):
     """`magma-ros train` from scratch on bags recorded by record-demos: held-out loss falls and the
     exported checkpoint predicts through the policy node's backend."""
@@ -240,7 +245,6 @@ def test_cli_trains_on_a_recorded_dataset(sim_dataset, tmp_path):
     assert [e["step"] for e in evals] == [4, 8]
     assert evals[-1]["loss"] < evals[0]["loss"]
     from magma_ros.backends.torch_backend import TorchBackend
-
     from magma_ros.training.dataset import TrajectoryDataset
 
     data = TrajectoryDataset(sim_dataset)
