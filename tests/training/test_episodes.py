@@ -240,3 +240,18 @@ def test_storages_and_layouts_rosbag2_writes(tmp_path: Path, layout: str) -> Non
     np.testing.assert_array_equal(episode.stamps_ns, reference.stamps_ns)
     np.testing.assert_array_equal(episode.actions, reference.actions)
     np.testing.assert_array_equal(np.stack(episode.images), np.stack(reference.images))
+
+
+def test_bool_and_float_gripper_topics(tmp_path: Path) -> None:
+    base = [r for r in records() if r[0] != "/grip"]
+    bools = [("/grip_bool", "std_msgs/msg/Bool", T0 + k * S // 2, T["std_msgs/msg/Bool"](data=k % 2 == 1))
+             for k in range(5)]  # closed (false) at 0.0, 1.0, 2.0; open (true) at 0.5, 1.5
+    bag = write_bag(tmp_path / "b", sorted(base + bools, key=lambda r: r[2]))
+    episode = read_episode(bag, spec(gripper={"source": "bool", "topic": "/grip_bool", "open_value": True}))
+    np.testing.assert_array_equal(episode.actions[:, 6], [0.0] * 5 + [1.0] * 5 + [0.0] * 5 + [1.0] * 5)
+    floats = [("/grip_f", "std_msgs/msg/Float64", T0 + k * S // 2, T["std_msgs/msg/Float64"](data=0.8 * (k % 2)))
+              for k in range(5)]  # a knuckle: 0.8 = closed
+    bag = write_bag(tmp_path / "f", sorted(base + floats, key=lambda r: r[2]))
+    episode = read_episode(bag, spec(gripper={"source": "float", "topic": "/grip_f", "open_position": 0.0,
+                                              "closed_position": 0.8}))
+    np.testing.assert_array_equal(episode.actions[:, 6], [1.0] * 5 + [0.0] * 5 + [1.0] * 5 + [0.0] * 5)
