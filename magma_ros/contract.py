@@ -140,6 +140,15 @@ class PolicyNodeParameters(NodeParameters):
     dtype: str = _param("float32", "weights dtype: float32 | bfloat16 | float16")
     device: str = _param("cpu", "torch device, e.g. cpu or cuda:0")
     statistics: str = _param("bridge_orig", "q01/q99 action statistics set used to un-normalize actions")
+    execution_provider: str = _param("", "onnxruntime execution provider: cpu | cuda | tensorrt; '' = from device")
+    export_dir: str = _param("", "ONNX export for onnxruntime/tensorrt; '' = cached export, made on first use")
+    engine_cache_dir: str = _param("", "TensorRT engine cache directory; '' = ~/.cache/magma_ros/engines")
+    engine_file_path: str = _param("", "TensorRT: prefill engine file to load or write; '' = from the cache")
+    force_engine_update: bool = _param(False, "TensorRT: rebuild engines even when a cached one matches")
+    precision: str = _param("", "TensorRT precision: fp32 | fp16 | bf16 | int8 | int4; '' = fp16")
+    verify_backend: bool = _param(False, "check parity with PyTorch (same greedy tokens, logits cosine >= 0.999) "
+                                         "at configure; fail configure otherwise")
+    num_threads: int = _param(0, "CPU threads of the onnxruntime backend; 0 = runtime default")
     image_topic: str = _param(CAMERA_IMAGE.name, "camera topic (sensor_msgs/Image)")
     compressed_image_topic: str = _param("", "camera topic (sensor_msgs/CompressedImage); '' = not used")
     camera_info_topic: str = _param("", "CameraInfo for back-projecting traces; '' = not used")
@@ -167,6 +176,11 @@ class PolicyNodeParameters(NodeParameters):
     def __post_init__(self) -> None:
         _require(self.backend in ("torch", "onnxruntime", "tensorrt", "none"),
                  f"backend must be torch, onnxruntime, tensorrt or none, got {self.backend!r}")
+        _require(self.execution_provider in ("", "cpu", "cuda", "tensorrt"),
+                 f"execution_provider must be cpu, cuda, tensorrt or '', got {self.execution_provider!r}")
+        _require(self.precision in ("", "fp32", "fp16", "bf16", "int8", "int4"),
+                 f"precision must be fp32, fp16, bf16, int8, int4 or '', got {self.precision!r}")
+        _require(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}")
         _require(self.dtype in ("float32", "bfloat16", "float16"),
                  f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         _require(bool(self.image_topic or self.compressed_image_topic),

@@ -76,5 +76,10 @@ def add_backend_arguments(parser: argparse.ArgumentParser, default_device: str =
     group.add_argument("--num-threads", type=int, default=0, help="CPU threads for the runtime (0 = default)")
 
 
+def backend_options(params: object) -> BackendOptions:
+    """The options from any object with same-named attributes (node parameters, argparse)."""
+    return BackendOptions(**{name: getattr(params, name) for name in BackendOptions.names() if hasattr(params, name)})
+
+
 def options_from_args(args: argparse.Namespace) -> BackendOptions:
     return BackendOptions(**{name: getattr(args, name) for name in BackendOptions.names() if hasattr(args, name)})

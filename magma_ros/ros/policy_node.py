@@ -30,6 +30,7 @@ from std_msgs.msg import Header, String
 
 from magma_ros import contract
 from magma_ros.backends import BackendError, PolicyBackend, PolicyOutput, create_backend, output_gripper_command
+from magma_ros.backends.options import backend_options
 from magma_ros.codecs import GripperHysteresis
 from magma_ros.contract import PolicyNodeParameters
 from magma_ros.image_codec import ImageConversionError, depth_to_meters, message_to_rgb8, numpy_to_image
@@ -81,7 +82,8 @@ class PolicyNode(ManagedNode[PolicyNodeParameters]):
         p = self.params
         try:
             self._backend = create_backend(p.backend, checkpoint=p.checkpoint, dtype=p.dtype, device=p.device,
-                                           statistics=p.statistics, temperature=p.sampling_temperature)
+                                           statistics=p.statistics, temperature=p.sampling_temperature,
+                                           options=backend_options(p))
         except BackendError as err:
             raise SetupError(f"cannot load the model: {err}") from err
         self.own("model backend", self._close_backend)
