@@ -3,6 +3,7 @@ named errors, the learning-rate schedule has the documented shape."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,6 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     config = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
     factors = [lr_factor(s, config) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a <= b for a, b in zip(factors[:10], factors[1:10], strict=False))
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert all(a <= b for a, b in itertools.pairwise(factors[:10]))
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
     assert factors[-1] == pytest.approx(0.1, abs=1e-3)
