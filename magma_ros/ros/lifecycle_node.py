@@ -20,7 +20,8 @@ and writes only what is its own:
 The base owns the rest: rclpy swallows transition exceptions, so every hook runs inside a
 guard that logs the traceback; ``on_error`` runs the safety action and releases everything
 (back to unconfigured); ``autostart`` configures and activates at construction; ``close()``
-(called by :func:`magma_ros.ros.runtime.spin_nodes` at exit) stops and releases.
+(called by :func:`magma_ros.ros.runtime.spin_nodes` at exit) makes the outputs safe and stops
+threads, leaving the rclpy entities to ``destroy_node()``.
 """
 
 from __future__ import annotations
@@ -44,30 +45,37 @@ class SetupError(RuntimeError):
 
 
 class ResourceRegistry:
-    """Things created on configure, each with its release function; released newest first."""
+    """Things created on configure, each with its release function; released newest first.
+
+    ``entity``: an rclpy entity of the node (publisher, subscription, ...), which
+    ``destroy_node()`` also releases.
+    """
 
     def __init__(self) -> None:
-        self._items: list[tuple[str, Callable[[], Any]]] = []
+        self._items: list[tuple[str, Callable[[], Any], bool]] = []
         self._lock = threading.Lock()
 
-    def add(self, name: str, release: Callable[[], Any]) -> None:
+    def add(self, name: str, release: Callable[[], Any], entity: bool = False) -> None:
         with self._lock:
-            self._items.append((name, release))
+            self._items.append((name, release, entity))
 
     def names(self) -> list[str]:
         with self._lock:
-            return [name for name, _ in self._items]
+            return [name for name, _, _ in self._items]
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)
 
-    def release_all(self) -> list[str]:
-        """Release everything (newest first); returns 'name: error' for each release that failed."""
+    def release_all(self, entities: bool = True) -> list[str]:
+        """Release everything (newest first; with ``entities`` false, all but the rclpy entities, which are
+        forgotten: destroy_node() releases them); returns 'name: error' for each release that failed."""
         with self._lock:
             items, self._items = self._items, []
         failures = []
-        for name, release in reversed(items):
+        for name, release, entity in reversed(items):
+            if entity and not entities:
+                continue
             try:
                 release()
             except Exception as err:  # a half-created or already-destroyed handle: keep releasing the rest
@@ -144,39 +152,39 @@ class ManagedNode(LifecycleNode, Generic[P]):
         """Take validated run-time changes of live parameters; raise ContractError to refuse."""
 
     # -- resources -------------------------------------------------------------------
-    def own(self, name: str, release: Callable[[], Any]) -> None:
-        """Register something to release on cleanup, error or shutdown."""
-        self.resources.add(name, release)
+    def own(self, name: str, release: Callable[[], Any], entity: bool = False) -> None:
+        """Register something to release on cleanup, error or shutdown (``entity``: an rclpy entity of this node)."""
+        self.resources.add(name, release, entity)
 
     def own_publisher(self, msg_type: Any, topic: str, qos: Any, lifecycle: bool = True, **kwargs: Any) -> Any:
         """A publisher released on cleanup; ``lifecycle``: it publishes only while active."""
         if lifecycle:
             pub = self.create_lifecycle_publisher(msg_type, topic, qos, **kwargs)
-            self.own(f"publisher {topic}", lambda: self.destroy_lifecycle_publisher(pub))
+            self.own(f"publisher {topic}", lambda: self.destroy_lifecycle_publisher(pub), entity=True)
         else:
             pub = self.create_publisher(msg_type, topic, qos, **kwargs)
-            self.own(f"publisher {topic}", lambda: self.destroy_publisher(pub))
+            self.own(f"publisher {topic}", lambda: self.destroy_publisher(pub), entity=True)
         return pub
 
     def own_subscription(self, msg_type: Any, topic: str, callback: Callable[..., Any], qos: Any,
                          **kwargs: Any) -> Any:
         sub = self.create_subscription(msg_type, topic, callback, qos, **kwargs)
-        self.own(f"subscription {topic}", lambda: self.destroy_subscription(sub))
+        self.own(f"subscription {topic}", lambda: self.destroy_subscription(sub), entity=True)
         return sub
 
     def own_timer(self, period_s: float, callback: Callable[[], Any], **kwargs: Any) -> Any:
         timer = self.create_timer(period_s, callback, **kwargs)
-        self.own(f"timer {period_s} s", lambda: self.destroy_timer(timer))
+        self.own(f"timer {period_s} s", lambda: self.destroy_timer(timer), entity=True)
         return timer
 
     def own_service(self, srv_type: Any, name: str, callback: Callable[..., Any], **kwargs: Any) -> Any:
         srv = self.create_service(srv_type, name, callback, **kwargs)
-        self.own(f"service {name}", lambda: self.destroy_service(srv))
+        self.own(f"service {name}", lambda: self.destroy_service(srv), entity=True)
         return srv
 
     def own_client(self, srv_type: Any, name: str, **kwargs: Any) -> Any:
         client = self.create_client(srv_type, name, **kwargs)
-        self.own(f"client {name}", lambda: self.destroy_client(client))
+        self.own(f"client {name}", lambda: self.destroy_client(client), entity=True)
         return client
 
     def own_thread(self, name: str, target: Callable[[threading.Event], None], join_timeout_s: float = 10.0) -> Any:
@@ -209,10 +217,10 @@ class ManagedNode(LifecycleNode, Generic[P]):
             return False
         return True
 
-    def _release(self) -> None:
+    def _release(self, entities: bool = True) -> None:
         self._active = False
         self._guarded("teardown", self.teardown)
-        for failure in self.resources.release_all():
+        for failure in self.resources.release_all(entities):
             self.get_logger().warning(f"could not release {failure}")
         self._configured = False
 
@@ -246,7 +254,10 @@ class ManagedNode(LifecycleNode, Generic[P]):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.close()
+        if self._active:
+            self._active = False
+            self._guarded("safety action", self.safety_action)
+        self._release()
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -259,14 +270,16 @@ class ManagedNode(LifecycleNode, Generic[P]):
         return TransitionCallbackReturn.SUCCESS
 
     def close(self) -> None:
-        """Make the outputs safe (if active) and release everything; safe to call more than once."""
+        """Make the outputs safe (if active), stop threads and release what is not an rclpy entity; the
+        entities go with ``destroy_node()`` (destroying them here could race an executor still spinning).
+        Safe to call more than once."""
         if self._closed:
             return
         self._closed = True
         if self._active:
             self._active = False
             self._guarded("safety action", self.safety_action)
-        self._release()
+        self._release(entities=False)
 
     # -- parameters ------------------------------------------------------------------
     def _take_parameters(self, new: P, changed: set[str]) -> None:

@@ -213,8 +213,8 @@ def check_twist(msg: TwistStamped, received_ns: int) -> None:
     lin = (msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z)
     ang = (msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z)
     assert all(math.isfinite(v) for v in (*lin, *ang))
-    assert all(abs(v) <= 0.05 / PERIOD + 1e-9 for v in lin)  # max_linear_step_m per step (below 0.4 m/s)
-    assert all(abs(v) <= 0.8 + 1e-9 for v in ang)  # Servo's rotational scale binds before 0.25 rad/step
+    assert math.hypot(*lin) <= 0.05 / PERIOD + 1e-9  # |dp| <= max_linear_step_m per step (below 0.4 m/s)
+    assert math.hypot(*ang) <= 0.8 + 1e-9  # Servo's rotational scale binds before 0.25 rad/step
     target = [p + v * PERIOD for p, v in zip(NEAR_EDGE, lin, strict=True)]
     assert all(lo - 1e-9 <= t <= hi + 1e-9 for lo, t, hi in zip(BOX_MIN, target, BOX_MAX, strict=True)), target
 
