@@ -149,24 +149,28 @@ def test_autostart_with_a_failing_configure_stays_unconfigured(graph: RosGraph) 
     assert len(node.resources) == 0 and not node.active
 
 
-def test_the_real_nodes_leave_nothing_behind_when_configure_fails(graph: RosGraph) -> None:
-    # The bridge fails halfway: its twist and filtered-twist publishers exist when the (invalid)
-    # gripper topic is refused by rclpy.
+def test_the_bridge_leaves_nothing_behind_when_configure_fails_halfway(graph: RosGraph) -> None:
+    # Its twist and filtered-twist publishers exist when the (invalid) gripper topic is refused by rclpy.
     bridge: ServoBridgeNode = graph.add(ServoBridgeNode(context=graph.context, parameter_overrides=[
         Parameter("gripper_topic", value="not a topic!"), Parameter("autostart", value=True)]))  # type: ignore[assignment]
-    policy: PolicyNode = graph.add(PolicyNode(context=graph.context, parameter_overrides=[
-        Parameter("checkpoint", value="/nonexistent/checkpoint"), Parameter("autostart", value=True)]))  # type: ignore[assignment]
     probe = graph.node("probe")
     assert lifecycle_state(probe, ServoBridgeParameters.NODE_NAME) == "unconfigured"
-    assert lifecycle_state(probe, PolicyNodeParameters.NODE_NAME) == "unconfigured"
-    assert len(bridge.resources) == 0 and len(policy.resources) == 0
+    assert len(bridge.resources) == 0 and bridge._twist_pub is None
     time.sleep(0.5)
-    for topic in (contract.SERVO_TWIST.name, f"/{ServoBridgeParameters.NODE_NAME}/filtered_twist",
-                  contract.PREDICTION.name, contract.EE_DELTA.name):
+    for topic in (contract.SERVO_TWIST.name, f"/{ServoBridgeParameters.NODE_NAME}/filtered_twist"):
         assert probe.count_publishers(topic) == 0, topic
-    assert bridge._twist_pub is None and policy._backend is None and not policy._threads
-    # Both still answer: the bridge's e-stop reset (always on) works in the unconfigured state.
+    # Still answering: the e-stop reset (always on) works in the unconfigured state.
     client = probe.create_client(Trigger, f"/{ServoBridgeParameters.NODE_NAME}/reset_estop")
     assert client.wait_for_service(timeout_sec=5.0)
     future = client.call_async(Trigger.Request())
     assert wait_for(future.done, 5.0) and future.result().success
+
+
+@pytest.mark.slow  # the torch backend's imports, when nothing imported them before
+def test_the_policy_node_releases_everything_when_its_model_does_not_load(graph: RosGraph) -> None:
+    policy: PolicyNode = graph.add(PolicyNode(context=graph.context, parameter_overrides=[
+        Parameter("checkpoint", value="/nonexistent/checkpoint"), Parameter("autostart", value=True)]))  # type: ignore[assignment]
+    probe = graph.node("probe")
+    assert lifecycle_state(probe, PolicyNodeParameters.NODE_NAME) == "unconfigured"
+    assert len(policy.resources) == 0 and policy._backend is None and not policy._threads
+    assert probe.count_publishers(contract.PREDICTION.name) == 0 and probe.count_publishers(contract.EE_DELTA.name) == 0
