@@ -15,7 +15,8 @@ step at once, see magma_ros.sim.lockstep). Floors: >= 15 steps/s through ROS and
 else runs on it; the ratio is measured in the same run (the ROS-free loop runs before and
 after the ROS loops and its mean is the reference).
 
-usage: python bench/closed_loop_bench.py [--steps N] [--check]   (--check: exit 1 when a floor fails)
+usage: python bench/closed_loop_bench.py [--steps N] [--render-detail full|low] [--check]
+(--check: exit 1 when a floor fails)
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30, help="control steps per measured loop")
     parser.add_argument("--check", action="store_true", help="exit 1 when a floor is not met")
+    parser.add_argument("--render-detail", choices=("full", "low"), default=None,
+                        help="sim_arm_node render_detail for every loop (default: the parameter file's)")
     args = parser.parse_args([] if argv is None else argv)
     if args.steps < 5:
         parser.error("--steps must be at least 5")
@@ -74,6 +77,7 @@ def ros_free_loop(bringup, steps: int) -> float:  # type: ignore[no-untyped-def]
     from magma_ros.contract import PolicyNodeParameters, SimArmParameters
     from magma_ros.sim import THIRD_PERSON_CAMERA, SimError, Workcell, WorkcellConfig
     from magma_ros.sim.config import PANDA_FINGER_JOINTS
+    from magma_ros.sim.render_detail import arm_urdf_for
     from magma_ros.sim.session import EpisodeSession, choose_task
 
     sim = SimArmParameters(**{k: v for k, v in _node_values(bringup, "sim_arm_node").items()
@@ -83,7 +87,7 @@ def ros_free_loop(bringup, steps: int) -> float:  # type: ignore[no-untyped-def]
     camera = dataclasses.replace(THIRD_PERSON_CAMERA, width=sim.image_width, height=sim.image_height)
     backend = create_backend(policy.backend, checkpoint=policy.checkpoint, dtype=policy.dtype, device=policy.device,
                              statistics=policy.statistics, temperature=policy.sampling_temperature)
-    with Workcell(WorkcellConfig(seed=SEED, cameras=(camera,))) as cell:
+    with Workcell(WorkcellConfig(seed=SEED, cameras=(camera,), arm_urdf=arm_urdf_for(sim.render_detail))) as cell:
         session = EpisodeSession(cell, sim.control_period_s)
         task = choose_task(TASK, SEED, "", steps + 1)
         ticks = round(sim.control_period_s / cell.timestep)
@@ -166,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bringup = load_bringup(REPO / BRINGUP)
     overrides = synchronous_loop_overrides()
+    if args.render_detail:
+        overrides["sim_arm_node"]["render_detail"] = args.render_detail
     bringup = dataclasses.replace(bringup, nodes=tuple(
         dataclasses.replace(n, overrides={**n.overrides, **overrides.get(n.executable, {})}) for n in bringup.nodes))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

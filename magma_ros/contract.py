@@ -415,6 +415,9 @@ class SimArmParameters(NodeParameters):
     image_height: int = _param(240, "third-person camera height (px)")
     publish_depth: bool = _param(True, "publish aligned depth (32FC1, metres)")
     wrist_camera: bool = _param(False, "also render and publish the wrist camera")
+    render_detail: str = _param("full", "arm meshes the cameras see: full (the published visual meshes) | low "
+                                        "(its collision meshes: about half the render cost; record, train and "
+                                        "evaluate with the same setting)")
     image_topic: str = _param(CAMERA_IMAGE.name, "output: RGB camera (sensor_msgs/Image rgb8)")
     camera_info_topic: str = _param(CAMERA_INFO.name, "output: CameraInfo of the RGB camera")
     depth_topic: str = _param(CAMERA_DEPTH.name, "output: depth aligned to the RGB camera (32FC1, m)")
@@ -450,6 +453,8 @@ class SimArmParameters(NodeParameters):
                  f"need sync_quiet_s < sync_timeout_s, got {self.sync_quiet_s} / {self.sync_timeout_s}")
         _require(self.publish_clock or self.mode == "realtime",
                  "synchronous mode owns time: publish_clock must be true")
+        _require(self.render_detail in ("full", "low"), f"render_detail must be full or low, got "
+                                                         f"{self.render_detail!r}")
         _require(8 <= self.image_width <= 4096 and 8 <= self.image_height <= 4096,
                  f"image size must be in 8..4096 px, got {self.image_width}x{self.image_height}")
         for name in ("image_topic", "camera_info_topic", "joint_states_topic", "ee_pose_topic", "episode_topic",

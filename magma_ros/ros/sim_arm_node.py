@@ -63,6 +63,7 @@ from magma_ros.sim import (
     WorkcellConfig,
 )
 from magma_ros.sim.lockstep import LockstepGate, StepCommand
+from magma_ros.sim.render_detail import arm_urdf_for
 from magma_ros.sim.session import EpisodeSession, EpisodeStatus, choose_task
 from magma_ros.sim.transforms import Pose
 
@@ -106,7 +107,7 @@ class SimArmNode(Node):
         camera = dataclasses.replace(THIRD_PERSON_CAMERA, width=p.image_width, height=p.image_height)
         cameras = (camera, WRIST_CAMERA) if p.wrist_camera else (camera,)
         try:
-            self.cell = Workcell(WorkcellConfig(seed=p.seed, cameras=cameras))
+            self.cell = Workcell(WorkcellConfig(seed=p.seed, cameras=cameras, arm_urdf=arm_urdf_for(p.render_detail)))
             self.session = EpisodeSession(self.cell, p.control_period_s)
             self.gate = LockstepGate(p.sync_timeout_s, p.sync_quiet_s, p.sync_answer_end, is_zero=twist_is_zero)
         except SimError as err:
