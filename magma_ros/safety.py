@@ -431,6 +431,7 @@ class CommandStream:
         self.zero_messages = zero_messages
         self.watchdog = watchdog
         self.acceleration = acceleration
+        self._next_acceleration = acceleration
         self._clock = clock
         self._target = ZERO
         self._duration_s = 0.0
@@ -471,6 +472,7 @@ class CommandStream:
         """
         if self.watchdog is not None:
             self.watchdog.feed(age_s)
+        self.acceleration = self._next_acceleration
         if command.velocity.is_zero():
             self.stop(StreamEnd.STEP_DONE)
             return
@@ -478,6 +480,15 @@ class CommandStream:
         self._target = command.velocity
         self._duration_s = command.duration_s
         self._zeros_left = 0
+
+    def set_acceleration(self, acceleration: AccelerationLimit | None) -> None:
+        """New acceleration limits: from the next command; a lower one also at once (never a faster ramp
+        towards a target already accepted)."""
+        self._next_acceleration = acceleration
+        if acceleration is None or self.acceleration is None:
+            return
+        self.acceleration = AccelerationLimit(min(self.acceleration.linear, acceleration.linear),
+                                              min(self.acceleration.angular, acceleration.angular))
 
     def restrict(self, limit: Callable[[Velocity, float], Velocity]) -> None:
         """Apply tighter limits to the stream in flight: ``limit(velocity, step_period)`` for the target and the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import replace
@@ -544,3 +545,25 @@ def test_stamp_conversion_and_age() -> None:
     assert split_ns(12_500_000_001) == (12, 500_000_001)
     with pytest.raises(StampError):
         split_ns(-1)
+
+
+def test_a_raised_acceleration_waits_for_the_next_command_a_lower_one_applies_at_once() -> None:
+    clock = FakeClock()
+    stream = CommandStream(0.02, 3, None, clock, ACCEL)
+    fast = Command(Velocity((0.4, 0.0, 0.0), (0.0, 0.0, 0.0)), 1.0, frozenset())
+    stream.start(fast)
+    speeds = [stream.next_message().linear[0]]
+    clock.t += 0.02
+    stream.set_acceleration(AccelerationLimit(10.0, 30.0))  # raised: not for the target in flight
+    speeds.append(stream.next_message().linear[0])
+    clock.t += 0.02
+    stream.set_acceleration(AccelerationLimit(0.5, 30.0))  # lowered: at once
+    speeds.append(stream.next_message().linear[0])
+    clock.t += 0.02
+    stream.start(fast)  # the next command takes the latest setting
+    speeds.append(stream.next_message().linear[0])
+    assert [b - a for a, b in itertools.pairwise(speeds)] == pytest.approx([0.02, 0.01, 0.01])
+    stream.set_acceleration(AccelerationLimit(10.0, 30.0))
+    clock.t += 0.02
+    stream.start(fast)
+    assert stream.next_message().linear[0] - speeds[-1] == pytest.approx(0.2)

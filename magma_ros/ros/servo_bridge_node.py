@@ -234,7 +234,7 @@ class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
         with self._lock:
             box_changed = limits.workspace != self.filter.limits.workspace
             self.filter = SafetyFilter(limits)
-            self.stream.acceleration = acceleration
+            self.stream.set_acceleration(acceleration)
             if self.watchdog is not None:
                 self.watchdog.set_timeout(new.watchdog_timeout_s)
             self.stream.restrict(limits.cap)  # lower caps bind the very next sample
