@@ -13,7 +13,7 @@ import sys
 
 # subcommand module (magma_ros.cli.<name>) for each subcommand, in help order
 SUBCOMMANDS: tuple[str, ...] = ("predict", "demo", "up", "replay", "record_demos", "evaluate", "dataset", "train",
-                                  "evaluate_offline")
+                                  "evaluate_offline", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,8 @@ DEFAULT_BRINGUP = "config/bringup/sim.yaml"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from magma_ros.backends.options import add_backend_arguments
+
     parser = subparsers.add_parser(
         "evaluate", help="closed-loop success rate of a checkpoint in the simulated workcell",
         description="Run episodes of the simulated workcell closed-loop through sim_arm_node -> "
@@ -42,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gif", default=None, metavar="PATH", help="write an overlay animation of the first episode")
     parser.add_argument("--bringup", default=DEFAULT_BRINGUP, help="bringup description with the three nodes")
     parser.add_argument("--verbose", action="store_true", help="show the nodes' INFO logs")
+    add_backend_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -56,6 +59,8 @@ class EvaluationSettings:
     gif: Path | None = None
     bringup: str = DEFAULT_BRINGUP
     verbose: bool = False
+    # magma_policy_node parameters choosing the backend (backend, export_dir, ...); {} = the bringup's
+    backend_params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
@@ -78,6 +83,16 @@ class EvaluationRun:
     wall_s: float
 
 
+def backend_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """magma_policy_node parameters from --backend and the compiled-backend options (non-defaults only)."""
+    from magma_ros.backends.options import BackendOptions, options_from_args
+
+    params: dict[str, Any] = {"backend": args.backend} if getattr(args, "backend", "torch") != "torch" else {}
+    chosen, default = dataclasses.asdict(options_from_args(args)), dataclasses.asdict(BackendOptions())
+    params.update({k: v for k, v in chosen.items() if v != default[k]})
+    return params
+
+
 def run(args: argparse.Namespace) -> int:
     from magma_ros.bringup import BringupError
     from magma_ros.evaluation import format_table, summarize
@@ -86,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = EvaluationSettings(args.checkpoint, tuple(dict.fromkeys(args.task)), args.episodes, args.seed,
                                       args.max_steps, Path(args.out), Path(args.gif) if args.gif else None,
-                                      args.bringup, args.verbose)
+                                      args.bringup, args.verbose, backend_parameters(args))
     except ValueError as err:
         print(f"magma-ros evaluate: {err}", file=sys.stderr)
         return 2
@@ -130,6 +145,8 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
         raise BringupError(f"{bringup.source}: evaluation needs {', '.join(sorted(missing))}")
     # no --checkpoint: the parameter file's value (normally '', the embedded default)
     overrides = synchronous_loop_overrides(settings.checkpoint)
+    if settings.backend_params:
+        overrides["magma_policy_node"] = {**overrides.get("magma_policy_node", {}), **settings.backend_params}
     bringup = dataclasses.replace(bringup, nodes=tuple(
         dataclasses.replace(n, overrides={**n.overrides, **overrides.get(n.executable, {})}) for n in bringup.nodes))
     progress = ProgressLine()

@@ -16,6 +16,8 @@ from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from magma_ros.backends.options import add_backend_arguments
+
     parser = subparsers.add_parser(
         "evaluate-offline", help="per-step action and trace errors of a checkpoint on a recorded dataset",
         description="Run a checkpoint on every step of a dataset built by `magma-ros dataset build` (through the "
@@ -25,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory")
     parser.add_argument("--data", required=True, help="dataset directory (magma-ros dataset build --out)")
     parser.add_argument("--out", required=True, help="directory for summary.json, predictions.npz and plots/")
-    parser.add_argument("--backend", default="torch", help="policy backend (as the node's 'backend' parameter)")
+    add_backend_arguments(parser)  # --backend and the compiled-backend options, as on predict / evaluate
     parser.add_argument("--statistics", default=None,
                         help="statistics set to decode with (default: the dataset's name, from the checkpoint's "
                              "dataset_statistics.json)")

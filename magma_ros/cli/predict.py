@@ -19,6 +19,8 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from magma_ros.backends.options import add_backend_arguments
+
     parser = subparsers.add_parser(
         "predict", help="predict one action (and optionally traces) from an image",
         description="Load a Magma checkpoint directory, predict the 7-DoF action for an image and an "
@@ -41,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="marks for --traces, on a grid of image cells (default 3x3)")
     parser.add_argument("--trace-steps", type=int, default=8, help="future steps asked for (default 8)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="length limit of the trace answer")
+    add_backend_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -76,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     if args.temperature < 0:
         return _fail(f"--temperature must be >= 0, got {args.temperature}", 2)
 
-    from magma_ros.backends import BackendError
+    from magma_ros.backends import BackendError, create_backend
+    from magma_ros.backends.options import options_from_args
     from magma_ros.backends.torch_backend import TorchBackend
     from magma_ros.codecs import ACTION_DIM_NAMES
     from magma_ros.model import ImageError
@@ -84,9 +88,15 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         image = _read_image(Path(args.image))
-        backend = TorchBackend(args.checkpoint, dtype=args.dtype, device=args.device, statistics=args.stats or "",
-                               temperature=args.temperature, seed=args.seed, mark_grid=grid,
-                               trace_max_new_tokens=args.max_new_tokens)
+        if args.backend == "torch":
+            backend = TorchBackend(args.checkpoint, dtype=args.dtype, device=args.device,
+                                   statistics=args.stats or "", temperature=args.temperature, seed=args.seed,
+                                   mark_grid=grid, trace_max_new_tokens=args.max_new_tokens)
+        else:
+            backend = create_backend(args.backend, args.checkpoint, dtype=args.dtype or "float32",
+                                     device=args.device, statistics=args.stats or "", temperature=args.temperature,
+                                     options=options_from_args(args), seed=args.seed)
+            backend.mark_grid, backend.trace_max_new_tokens = grid, args.max_new_tokens
     except (BackendError, ImageError, ValueError) as err:
         return _fail(str(err), 1)
     out = backend.act(image, args.instruction)
@@ -94,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(out.error, 1)
 
     t = out.timings
-    token_range = backend.policy.action_token_range
+    token_range = backend.policy.tokenizer.action_token_range
     print(f"instruction: {args.instruction}")
     print(f"action tokens: {list(out.token_ids)}  (range {token_range.lo}..{token_range.hi})")
     print(f"statistics: {backend.statistics.name}" + ("" if out.valid else f"  INVALID: {out.error}"))

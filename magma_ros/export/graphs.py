@@ -68,7 +68,8 @@ class _LanguageGraph(nn.Module):
                                         requires_grad=False)
 
     def _rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.to(torch.float32)[:, None] * self.inv_freq.to(torch.float32)[None, :]
+        inv_freq = self.inv_freq.to(device=positions.device, dtype=torch.float32)
+        freqs = positions.to(torch.float32)[:, None] * inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)[None]  # (1, q, d)
         return (emb.cos() * self.attention_scaling).to(dtype), (emb.sin() * self.attention_scaling).to(dtype)
 

@@ -138,6 +138,21 @@ class _DataWriter:
                     entry.key, entry.value = k, v
 
 
+def _declare_shapes(proto, spec) -> None:
+    """Write the documented shapes onto the graph's inputs and outputs: the tracer names some
+    fixed sizes symbolically (e.g. the head dimension after rotary slicing)."""
+    values = {v.name: v for v in (*proto.graph.input, *proto.graph.output)}
+    for t in (*spec.inputs, *spec.outputs):
+        dims = values[t.name].type.tensor_type.shape.dim
+        del dims[:]
+        for d in t.shape:
+            dim = dims.add()
+            if isinstance(d, str):
+                dim.dim_param = d
+            else:
+                dim.dim_value = d
+
+
 def _export_weights(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, spec,
                     writer: _DataWriter, data_name: str) -> None:
     import tempfile
@@ -153,6 +168,7 @@ def _export_weights(module: torch.nn.Module, args: tuple[torch.Tensor, ...], pat
                               dynamic_axes=spec.dynamic_axes(), opset_version=OPSET, dynamo=False,
                               do_constant_folding=True)
         proto = onnx.load(str(staged), load_external_data=True)
+    _declare_shapes(proto, spec)
     writer.externalize(proto, data_name)
     onnx.save_model(proto, str(path))
 
