@@ -37,12 +37,13 @@ from typing import Any
 import numpy as np
 from rosbags.serde import SerdeError
 
-from magma_ros.bags import BagError, BagReader, typestore_for
+from magma_ros.bags import BagConnection, BagError, BagMessage, BagReader, typestore_for
 from magma_ros.conventions import EpisodeMetadata, gripper_command, pose_deltas, quat_to_rpy
 from magma_ros.training.records import DatasetError
 from magma_ros.training.spec import DatasetSpec
 
-__all__ = ["Episode", "EpisodeError", "episode_id_for", "find_bags", "read_episode"]
+__all__ = ["Episode", "EpisodeError", "MessageLog", "episode_from_messages", "episode_id_for", "find_bags",
+           "read_episode"]
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 _STANDARD_TYPES = frozenset({
@@ -281,6 +282,53 @@ def read_episode(bag_path: str | Path, spec: DatasetSpec, episode_id: str | None
             return _read(bag, bag_path, episode_id, spec, metadata)
     except BagError as err:
         raise EpisodeError(f"{bag_path}: {' '.join(str(err).split())}") from err
+
+
+class MessageLog:
+    """Messages seen live (by a ROS subscriber, say), read into steps exactly as a bag is.
+
+    ``add(topic, msgtype, timestamp_ns, cdr_bytes)`` for each message received (timestamp: the
+    receive time, used only for messages without a header stamp or with ``alignment.stamps:
+    recorded``); :func:`episode_from_messages` then builds the episode with the same code path as
+    :func:`read_episode`, so a live stream and its recording give the same steps and labels.
+    """
+
+    def __init__(self, name: str = "live") -> None:
+        self.path = Path(name)
+        self.warnings: list[str] = []
+        self._records: list[BagMessage] = []
+
+    def add(self, topic: str, msgtype: str, timestamp_ns: int, data: bytes) -> None:
+        self._records.append(BagMessage(topic, msgtype, int(timestamp_ns), bytes(data)))
+
+    @property
+    def connections(self) -> tuple[BagConnection, ...]:
+        counts = Counter((m.topic, m.msgtype) for m in self._records)
+        return tuple(BagConnection(topic, msgtype, n, None, None) for (topic, msgtype), n in counts.items())
+
+    def messages(self, connections: Any = None) -> Any:
+        keys = None if connections is None else {(c.topic, c.msgtype) for c in connections}
+        ordered = sorted(self._records, key=lambda m: m.timestamp)  # stable: arrival order within a stamp
+        return iter([m for m in ordered if keys is None or (m.topic, m.msgtype) in keys])
+
+    def deserialize(self, message: BagMessage) -> Any:
+        try:
+            return _standard_store().deserialize_cdr(message.data, message.msgtype)
+        except (SerdeError, struct.error, ValueError, IndexError, KeyError) as err:
+            raise BagError(f"cannot decode {message.msgtype} on {message.topic}: {err}") from err
+
+    def starts_with_header(self, msgtype: str) -> bool:
+        fields = _standard_store().fielddefs.get(msgtype)
+        return bool(fields and fields[1]) and fields[1][0][1][1] == "std_msgs/msg/Header"
+
+
+def episode_from_messages(log: MessageLog, spec: DatasetSpec, metadata: EpisodeMetadata | None = None,
+                          episode_id: str = "live") -> Episode:
+    """The episode a :class:`MessageLog` of live messages makes (the same steps its recording makes)."""
+    try:
+        return _read(log, log.path, episode_id, spec, metadata or EpisodeMetadata())  # type: ignore[arg-type]
+    except BagError as err:
+        raise EpisodeError(f"{log.path}: {' '.join(str(err).split())}") from err
 
 
 def _connection(bag: BagReader, topic: str, types: tuple[str, ...], what: str) -> Any:
