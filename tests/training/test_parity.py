@@ -71,3 +71,50 @@ def test_an_episode_seen_live_gives_the_steps_and_labels_of_its_bag(recorded_dem
     assert live.instructions == recorded.instructions and live.dropped == recorded.dropped
     for seen, stored in zip(live.images, recorded.images, strict=True):
         np.testing.assert_array_equal(seen, stored)
+
+
+@pytest.mark.slow
+def test_the_bridge_executes_each_label_as_the_twist_labels_are_defined_by(sim_dataset: Path) -> None:
+    """Dataset labels sent to a live servo_bridge_node (dry run) come out as delta / step period."""
+    from geometry_msgs.msg import TwistStamped
+    from rclpy.parameter import Parameter
+
+    from magma_ros import contract
+    from magma_ros.conventions import delta_to_twist
+    from magma_ros.msg import EndEffectorDelta
+    from magma_ros.ros.runtime import qos
+    from magma_ros.ros.servo_bridge_node import ServoBridgeNode
+    from magma_ros.training.dataset import TrajectoryDataset
+
+    spec = load_spec(SIM_SPEC)
+    labels = TrajectoryDataset(sim_dataset).actions("episode_0000")
+    graph = RosGraph()
+    try:
+        bridge = graph.add(ServoBridgeNode(context=graph.context, parameter_overrides=[
+            Parameter(k, value=v) for k, v in {
+                "autostart": True, "dry_run": True, "base_frame": spec.base_frame, "workspace_enabled": False,
+                "rate_limit_enabled": False, "watchdog_timeout_s": 1.0}.items()]))
+        probe = graph.node("labels")
+        filtered: list[TwistStamped] = []
+        probe.create_subscription(TwistStamped, f"/{bridge.get_name()}/filtered_twist", filtered.append,
+                                  qos("reliable"))
+        deltas = probe.create_publisher(EndEffectorDelta, contract.EE_DELTA.name, qos(contract.EE_DELTA))
+        assert wait_for(lambda: deltas.get_subscription_count() > 0 and probe.count_publishers(
+            f"/{bridge.get_name()}/filtered_twist") > 0, 10.0)
+        for label in labels:
+            msg = EndEffectorDelta()
+            msg.header.stamp = probe.get_clock().now().to_msg()
+            msg.header.frame_id = spec.base_frame
+            msg.dx, msg.dy, msg.dz, msg.droll, msg.dpitch, msg.dyaw = (float(v) for v in label[:6])
+            msg.gripper, msg.step_period = float(label[6]), spec.step_period_s
+            deltas.publish(msg)
+            count = len(filtered)
+            assert wait_for(lambda count=count: len(filtered) > count, 5.0), bridge.rejected
+    finally:
+        graph.close()
+    assert len(filtered) == len(labels)
+    for twist, label in zip(filtered, labels, strict=True):
+        linear, angular = delta_to_twist(label[:6], spec.step_period_s)
+        t = twist.twist
+        np.testing.assert_allclose([t.linear.x, t.linear.y, t.linear.z], linear, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose([t.angular.x, t.angular.y, t.angular.z], angular, rtol=1e-9, atol=1e-12)
