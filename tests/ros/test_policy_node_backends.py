@@ -111,3 +111,69 @@ def test_tensorrt_without_a_gpu_fails_configure_with_the_reason(graph: RosGraph,
     assert not ok
     assert node._backend is None
     assert lifecycle_state(probe, contract.PolicyNodeParameters.NODE_NAME) == "unconfigured"
+
+
+def _closed_loop_trajectory(graph: RosGraph, checkpoint: Path, policy_params: dict[str, object], seed: int,
+                            ) -> np.ndarray:
+    """One synchronous sim -> policy -> bridge episode (what `magma-ros evaluate` runs): EE poses."""
+    from geometry_msgs.msg import PoseStamped
+
+    from magma_ros.bringup import load_bringup
+    from magma_ros.ros.bringup_runner import node_class
+    from magma_ros.ros.sim_episodes import ClosedLoop, synchronous_loop_overrides
+    from tests.ros.test_record_evaluate import REPO
+    from tests.ros.test_sim_arm_node import Collector, seconds
+
+    bringup = load_bringup(REPO / "config" / "bringup" / "sim.yaml")
+    extra = synchronous_loop_overrides(str(checkpoint))
+    extra["magma_policy_node"].update(policy_params)
+    for launch in bringup.nodes:
+        overrides = [Parameter(k, value=v) for k, v in {**launch.overrides, **extra.get(launch.executable, {})}.items()]
+        graph.add(node_class(launch.executable)(context=graph.context, cli_args=launch.ros_args(),
+                                                parameter_overrides=overrides))
+    loop = ClosedLoop(graph.node("control"), "sim_arm_node", "magma_policy_node", "servo_bridge_node")
+    assert loop.wait_for_discovery()
+    poses = Collector(graph.node("observer"), PoseStamped, contract.EE_POSE)
+    status = loop.prepare(seed, "reach", max_steps=5)
+    final = loop.run(status, timeout=120.0)
+    assert final.step == 5
+    wait_for(lambda: seconds(poses()[-1]) >= final.time, 5.0)
+    loop.stop()
+    start_ns = round(status.start_time * 1e9)
+    return np.array([(p.header.stamp.sec * 10**9 + p.header.stamp.nanosec - start_ns, p.pose.position.x,
+                      p.pose.position.y, p.pose.position.z, p.pose.orientation.x, p.pose.orientation.y,
+                      p.pose.orientation.z, p.pose.orientation.w)
+                     for p in poses() if seconds(p) >= status.start_time])
+
+
+@pytest.fixture(scope="module")
+def torch_trajectory(tiny_checkpoint: Path) -> np.ndarray:
+    from tests.ros.harness import RosGraph as Graph
+
+    graph = Graph()
+    try:
+        return _closed_loop_trajectory(graph, tiny_checkpoint, {}, seed=4)
+    finally:
+        graph.close()
+
+
+def test_evaluate_loop_on_onnxruntime_gives_the_torch_trajectory(graph: RosGraph, tiny_checkpoint: Path,
+                                                                 export_dir: Path, torch_trajectory: np.ndarray,
+                                                                 ) -> None:
+    """Same seed, greedy decoding, the closed loop `magma-ros evaluate --backend onnxruntime` runs."""
+    ort = _closed_loop_trajectory(graph, tiny_checkpoint, {"backend": "onnxruntime", "export_dir": str(export_dir)},
+                                  seed=4)
+    assert len(ort) == 5 * 6 + 1 and np.ptp(ort[:, 1:4], axis=0).max() > 0.005
+    np.testing.assert_array_equal(ort, torch_trajectory)
+
+
+def test_evaluate_cli_passes_the_backend_to_the_policy_node() -> None:
+    import argparse
+
+    from magma_ros.cli.evaluate import backend_parameters, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["evaluate", "--backend", "onnxruntime", "--export-dir", "/x", "--num-threads", "1"])
+    assert backend_parameters(args) == {"backend": "onnxruntime", "export_dir": "/x", "num_threads": 1}
+    assert backend_parameters(parser.parse_args(["evaluate"])) == {}
