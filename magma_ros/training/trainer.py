@@ -156,19 +156,10 @@ def load_sources(data_dirs: Sequence[str | Path]) -> list[DataSource]:
 
 
 def _load_traces(directory: Path) -> list:
-    """Trace-of-Mark samples of a dataset (``traces/``), if it was labelled."""
-    from magma_ros.training.records import TRACES_DIR
+    """Trace-of-Mark samples of a dataset (``traces/``, written by label-traces); [] without labels."""
+    from magma_ros.training.trace_labels import load_trace_samples
 
-    if not (directory / TRACES_DIR).is_dir():
-        return []
-    try:
-        from magma_ros.training import trace_labels
-    except ImportError:
-        return []
-    loader = getattr(trace_labels, "load_trace_samples", None) or getattr(trace_labels, "read_trace_samples", None)
-    if loader is None:
-        raise TrainingError(f"{directory}: has {TRACES_DIR}/ but magma_ros.training.trace_labels has no loader")
-    return list(loader(directory))
+    return load_trace_samples(directory)
 
 
 @dataclass

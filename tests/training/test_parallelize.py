@@ -140,3 +140,34 @@ def test_fsdp_training_on_cpu_matches_one_process_and_resumes(tiny_dir, tmp_path
     assert max((fsdp[k] - one[k]).abs().max().item() for k in fsdp) < 1e-6
     assert all(torch.equal(fsdp[k], resumed[k]) for k in fsdp)
     assert max((fsdp[k] - base[k]).abs().max().item() for k in fsdp) > 1e-5
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    import numpy as np
+
+    from magma_ros.model import MagmaPolicy, PreprocessorConfig
+    from magma_ros.model.finetune import SupervisedExample, encode_example
+    from magma_ros.training.collate import collate
+
+    grads = []
+    for checkpointing in (False, True):
+        model, tokenizer = build_tiny_model("magma-tiny", seed=0)
+        model.train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if checkpointing:
+            apply_activation_checkpointing(model)
+            assert model.language_model.model.gradient_checkpointing
+            assert all(stage.grad_checkpointing for stage in model.vision_tower.clip_vision_model.trunk.stages)
+        policy = MagmaPolicy(model, tokenizer, PreprocessorConfig(base_img_size=64))
+        image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        examples = [encode_example(policy, SupervisedExample(image, "What is in the image?", text))
+                    for text in ("the red block", "a blue cube on the plate")]
+        batch = collate(examples, tokenizer.pad_id)
+        out = model.forward_batch(batch.input_ids, batch.attention_mask, batch.pixel_values, batch.image_sizes,
+                                  batch.labels)
+        out.loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    plain, recomputed = grads
+    for name, grad in plain.items():
+        assert torch.allclose(grad, recomputed[name], atol=1e-6, rtol=1e-5), name

@@ -182,6 +182,26 @@ def test_resumed_run_continues_the_same_curve(base_checkpoint, tmp_path):
             first.last_state_dir)
 
 
+def test_tom_prompts_are_mixed_in_and_evaluated(base_checkpoint, tmp_path):
+    from magma_ros.training.records import TraceSample
+
+    source = synthetic_source(episodes=4, steps=3)
+    rng = np.random.default_rng(2)
+    answer = 'Mark 1 at [30,40] should be moved, and their future positions are: "Mark 1": "[[34,40],[38,41]]"'
+    question = ("The robot is doing: pick up the red block. To finish the task, how to move the numerical "
+                "marks in the image for the next 2 steps?")
+    source.traces = [TraceSample(f"ep{e}", 0, rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), question, answer,
+                                 {1: np.array([[34, 40], [38, 41]])}) for e in range(4)]
+    config = small_config(steps=2, tom_ratio=0.5, eval_generate=1, eval_tom_max_new_tokens=8, save_every=100)
+    trainer = _trainer(config, base_checkpoint, source, tmp_path)
+    refs = [r for step in range(20) for refs, _ in trainer._micro_batches(step) for r in refs]
+    assert 0.3 < sum(r.kind == "tom" for r in refs) / len(refs) < 0.7
+    result = trainer.evaluate()
+    assert {"tom_loss", "action_loss", "tom_parse_rate", "gripper_accuracy"} <= set(result)
+    assert result["tom_parse_rate"] == 0.0          # 8 tokens cannot hold a whole trace answer
+    assert result["examples"] == len(trainer.eval_pool)
+
+
 def _write_dataset(root: Path, episodes: int = 4, steps: int = 4) -> Path:
     from magma_ros.training.dataset import DatasetWriter
 
