@@ -3,8 +3,11 @@
 The loss is the mean cross-entropy of the answer tokens (answer text + end-of-turn)
 given the image and the chat prompt, exactly the sequence :class:`MagmaPolicy` builds
 at inference, so what is trained is what is served. :func:`fit` is a small
-single-process loop (AdamW, progress callback); distributed training wraps
-:func:`supervised_loss` in its own engine.
+single-process loop (AdamW, progress callback, one example per step) for tests and fixtures;
+real fine-tuning (mini-batches through :meth:`MagmaForCausalLM.forward_batch`, LoRA, DDP/FSDP,
+evaluation, export) is :mod:`magma_ros.training` / ``magma-ros train``, which encodes its
+examples with :func:`encode_example`. A loaded checkpoint is trainable with
+``load_checkpoint(..., trainable=True)``.
 """
 
 from __future__ import annotations
@@ -86,6 +89,9 @@ def fit(policy: MagmaPolicy, examples: Sequence[SupervisedExample], steps: int, 
     """
     if not examples:
         raise GenerationError("fit needs at least one example")
+    if not any(p.requires_grad for p in policy.model.parameters()):
+        raise GenerationError("the model has no trainable parameter: load it with "
+                              "load_checkpoint(..., trainable=True)")
     encoded = [encode_example(policy, e) for e in examples]
     model = policy.model
     model.train()
