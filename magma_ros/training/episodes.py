@@ -236,6 +236,77 @@ def _rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:
     return v + 2.0 * np.cross(u, np.cross(u, v) + w * v)
 
 
+class _ForwardKinematics:
+    """EE pose in the base link from joint positions, through the robot's URDF (pybullet, no GUI)."""
+
+    def __init__(self, urdf: str, base_link: str, ee_link: str) -> None:
+        import pybullet as pb
+
+        self._pb = pb
+        self._client = pb.connect(pb.DIRECT)
+        try:
+            self._body = pb.loadURDF(str(Path(urdf).expanduser()), useFixedBase=True, physicsClientId=self._client)
+        except pb.error as err:
+            self.close()
+            raise EpisodeError(f"cannot load URDF {urdf}: {err}") from err
+        root = pb.getBodyInfo(self._body, physicsClientId=self._client)[0].decode()
+        links, self.joints, parents = {root: -1}, {}, {}
+        for j in range(pb.getNumJoints(self._body, physicsClientId=self._client)):
+            info = pb.getJointInfo(self._body, j, physicsClientId=self._client)
+            links[info[12].decode()] = j
+            parents[j] = info[16]
+            if info[2] != pb.JOINT_FIXED:
+                self.joints[info[1].decode()] = j
+        for name in (base_link, ee_link):
+            if name not in links:
+                self.close()
+                raise EpisodeError(f"URDF {urdf} has no link {name!r} (links: {', '.join(sorted(links))})")
+        self._base, self._ee = links[base_link], links[ee_link]
+        chain, link = set(), self._ee  # the joints that move the EE relative to the root
+        while link != -1:
+            chain.add(link)
+            link = parents[link]
+        self.chain_joints = [n for n, j in self.joints.items() if j in chain]
+
+    def pose(self, positions: dict[str, float]) -> tuple[np.ndarray, np.ndarray] | None:
+        pb = self._pb
+        missing = [n for n in self.chain_joints if n not in positions]
+        if missing:
+            return None
+        for name, index in self.joints.items():
+            if name in positions:
+                pb.resetJointState(self._body, index, positions[name], physicsClientId=self._client)
+        ee_p, ee_q = self._world(self._ee)
+        base_p, base_q = self._world(self._base)
+        from magma_ros.conventions import quat_multiply
+
+        inv_q = base_q * np.array([-1.0, -1.0, -1.0, 1.0])
+        return _rotate(inv_q, ee_p - base_p), quat_multiply(inv_q, ee_q)
+
+    def _world(self, link: int) -> tuple[np.ndarray, np.ndarray]:
+        pb = self._pb
+        if link == -1:  # pybullet reports the base's centre of mass: back to the URDF link frame
+            from magma_ros.conventions import quat_multiply
+
+            p, q = pb.getBasePositionAndOrientation(self._body, physicsClientId=self._client)
+            info = pb.getDynamicsInfo(self._body, -1, physicsClientId=self._client)
+            inertial_p, inertial_q = np.asarray(info[3], dtype=np.float64), np.asarray(info[4], dtype=np.float64)
+            q_link = quat_multiply(np.asarray(q, dtype=np.float64), inertial_q * np.array([-1.0, -1.0, -1.0, 1.0]))
+            return np.asarray(p, dtype=np.float64) - _rotate(q_link, inertial_p), q_link
+        else:
+            state = pb.getLinkState(self._body, link, computeForwardKinematics=True, physicsClientId=self._client)
+            p, q = state[4], state[5]
+        return np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+
+    def close(self) -> None:
+        if self._client >= 0:
+            self._pb.disconnect(self._client)
+            self._client = -1
+
+    def __del__(self) -> None:  # an episode that fails part-way still frees its pybullet client
+        self.close()
+
+
 def _gripper_value(spec: DatasetSpec, msg: Any) -> float | None:
     """The opening (0..1) one gripper message says, or None when it does not name our joints."""
     g = spec.gripper
@@ -356,6 +427,8 @@ def _read(bag: BagReader, bag_path: Path, episode_id: str, spec: DatasetSpec,
     image_conn = _connection(bag, spec.image.topic, IMAGE_TYPES, "image")
     if spec.state.source == "pose":
         state_conns = [_connection(bag, spec.state.topic, ("geometry_msgs/msg/PoseStamped",), "state")]
+    elif spec.state.source == "joint_states":
+        state_conns = [_connection(bag, spec.state.joint_states_topic, ("sensor_msgs/msg/JointState",), "state")]
     else:
         state_conns = [c for c in bag.connections if c.topic in spec.state.tf_topics
                        and c.msgtype == "tf2_msgs/msg/TFMessage"]
@@ -369,10 +442,12 @@ def _read(bag: BagReader, bag_path: Path, episode_id: str, spec: DatasetSpec,
         raise EpisodeError(f"{bag_path}: no instruction in its episode metadata (episode.json); set "
                            "instruction.source to topic or fixed in the spec")
 
+    kinematics = _ForwardKinematics(spec.state.urdf, spec.base_frame, spec.state.ee_frame) \
+        if spec.state.source == "joint_states" else None
     # pass 1: every input but the image pixels
     image_stamps: list[int] = []
     image_has_header = bag.starts_with_header(image_conn.msgtype)
-    poses, grippers, texts, tf = _Series(), _Series(), _Series(), _TfTree()
+    poses, grippers, texts, tf, joint_states = _Series(), _Series(), _Series(), _TfTree(), _Series()
     frame_mismatch = 0
     wanted = [image_conn, *state_conns, gripper_conn] + ([text_conn] if text_conn else [])
     for message in bag.messages(wanted):
@@ -394,7 +469,17 @@ def _read(bag: BagReader, bag_path: Path, episode_id: str, spec: DatasetSpec,
                 dropped["bad_pose"] += 1
                 continue
             poses.add(stamp, (pose[:3], pose[3:] / np.linalg.norm(pose[3:])))
-        elif spec.state.source == "tf" and topic in spec.state.tf_topics:
+            continue
+        if spec.state.source == "joint_states" and topic == spec.state.joint_states_topic:
+            positions = dict(zip(msg.name, (float(v) for v in msg.position), strict=False))
+            if kinematics is not None and not all(math.isfinite(positions.get(n, 0.0))
+                                                  for n in kinematics.chain_joints):
+                dropped["bad_pose"] += 1
+            else:
+                joint_states.add(stamp, positions)
+            if topic != spec.gripper.topic:
+                continue
+        if spec.state.source == "tf" and topic in spec.state.tf_topics:
             tf.add(msg, static=topic.endswith("_static"))
         elif topic == spec.gripper.topic:
             value = _gripper_value(spec, msg)
@@ -405,7 +490,7 @@ def _read(bag: BagReader, bag_path: Path, episode_id: str, spec: DatasetSpec,
     if frame_mismatch and not len(poses):
         raise EpisodeError(f"{bag_path}: every EE pose on {spec.state.topic} is in another frame than "
                            f"base_frame {spec.base_frame!r}")
-    for series in (poses, grippers, texts):
+    for series in (poses, grippers, texts, joint_states):
         series.sort()
     tf.sort()
     if text_conn is not None and not len(texts):
@@ -425,6 +510,9 @@ def _read(bag: BagReader, bag_path: Path, episode_id: str, spec: DatasetSpec,
     def state_at(t: int) -> tuple[np.ndarray, np.ndarray] | None:
         if spec.state.source == "pose":
             return poses.at(t, max_age)
+        if kinematics is not None:
+            positions = joint_states.at(t, max_age)
+            return None if positions is None else kinematics.pose(positions)
         return tf.lookup(spec.base_frame, spec.state.ee_frame, t, max_age)
 
     def gripper_at(t: int, strictly_before: bool) -> float:
@@ -437,16 +525,20 @@ def _read(bag: BagReader, bag_path: Path, episode_id: str, spec: DatasetSpec,
         return float(value)
 
     steps: list[tuple[int, int, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]] = []
-    for i in chosen:
-        t = image_stamps[i]
-        now, after = state_at(t), state_at(t + period)
-        if now is None or after is None:
-            dropped["no_state"] += 1
-            continue
-        steps.append((i, t, now, after))
+    try:
+        for i in chosen:
+            t = image_stamps[i]
+            now, after = state_at(t), state_at(t + period)
+            if now is None or after is None:
+                dropped["no_state"] += 1
+                continue
+            steps.append((i, t, now, after))
+    finally:
+        if kinematics is not None:
+            kinematics.close()
     if not steps:
         raise EpisodeError(f"{bag_path}: no step has all its inputs ({len(image_stamps)} frame(s), "
-                           f"{len(poses) if spec.state.source == 'pose' else 'tf'} pose(s); "
+                           f"{len(poses) if spec.state.source == 'pose' else spec.state.source} pose(s); "
                            f"dropped: {dict(dropped) or 'none'})")
 
     # pass 2: decode only the frames that became steps

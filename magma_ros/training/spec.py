@@ -93,23 +93,27 @@ class StateSpec:
     """Where the EE pose comes from.
 
     ``pose``: a geometry_msgs/PoseStamped ``topic`` in the base frame. ``tf``: /tf and /tf_static
-    composed ``base_frame`` -> ``ee_frame``. ``joint_states``: joint states + ``urdf`` (not
-    implemented: record the EE pose or /tf).
+    composed ``base_frame`` -> ``ee_frame``. ``joint_states``: sensor_msgs/JointState on
+    ``joint_states_topic`` through the robot's ``urdf`` (forward kinematics by pybullet) to the
+    link ``ee_frame``, expressed in the link ``base_frame``.
     """
 
     source: str = "pose"
     topic: str = contract.EE_POSE.name
     ee_frame: str = ""
     tf_topics: tuple[str, ...] = ("/tf", "/tf_static")
+    joint_states_topic: str = contract.JOINT_STATES.name
     urdf: str = ""
 
     def __post_init__(self) -> None:
         _need(self.source in STATE_SOURCES, f"state.source must be one of {STATE_SOURCES}, got {self.source!r}")
         _need(self.source != "pose" or bool(self.topic), "state.topic is required for state.source pose")
-        _need(self.source != "tf" or bool(self.ee_frame), "state.ee_frame is required for state.source tf")
-        _need(self.source != "joint_states",
-              "state.source joint_states (joint states + URDF forward kinematics) is not implemented: "
-              "record the EE pose (PoseStamped in the base frame) or /tf and use source pose or tf")
+        _need(self.source == "pose" or bool(self.ee_frame), f"state.ee_frame is required for state.source "
+                                                           f"{self.source}")
+        _need(self.source != "joint_states" or bool(self.urdf), "state.urdf is required for state.source "
+                                                                "joint_states")
+        _need(self.source != "joint_states" or Path(self.urdf).expanduser().is_file(),
+              f"state.urdf {self.urdf!r} is not a file")
         object.__setattr__(self, "tf_topics", tuple(self.tf_topics))
 
 

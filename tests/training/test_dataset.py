@@ -183,3 +183,25 @@ def test_image_encoding_round_trip(image_format: str) -> None:
         assert np.abs(back.astype(int) - rgb).mean(axis=(0, 1)).max() < 3  # channel order kept
     with pytest.raises(DatasetError, match="does not decode"):
         decode_image(b"not an image")
+
+
+@pytest.mark.slow
+def test_joint_states_through_the_urdf_give_the_labels_of_the_recorded_ee_pose(recorded_demos: Path) -> None:
+    import pybullet_data
+
+    from magma_ros.training.episodes import read_episode
+    from magma_ros.training.spec import DatasetSpec, load_spec
+
+    spec = load_spec(SIM_SPEC)
+    data = spec.as_dict()
+    data["state"] = {"source": "joint_states", "joint_states_topic": contract.JOINT_STATES.name,
+                     "ee_frame": "panda_grasptarget",  # the sim's TCP, in pybullet_data's Panda
+                     "urdf": str(Path(pybullet_data.getDataPath()) / "franka_panda" / "panda.urdf")}
+    kinematic = read_episode(recorded_demos / "episode_0001", DatasetSpec.from_mapping(data, "fk spec"))
+    recorded = read_episode(recorded_demos / "episode_0001", spec)
+    np.testing.assert_array_equal(kinematic.stamps_ns, recorded.stamps_ns)
+    np.testing.assert_allclose(kinematic.actions, recorded.actions, atol=1e-9)
+    np.testing.assert_allclose(kinematic.states, recorded.states, atol=1e-9)
+    data["state"]["ee_frame"] = "no_such_link"
+    with pytest.raises(DatasetError, match="has no link 'no_such_link'"):
+        read_episode(recorded_demos / "episode_0001", DatasetSpec.from_mapping(data, "fk spec"))
