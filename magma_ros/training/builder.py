@@ -99,6 +99,8 @@ def _run(job: _Job) -> _Outcome:
         return _Outcome(job, None, " ".join(str(err).split()))
     except DatasetError as err:
         return _Outcome(job, None, f"{job.bag}: {' '.join(str(err).split())}")
+    except Exception as err:  # a bag that breaks a library in an unforeseen way: skip it, say so, go on
+        return _Outcome(job, None, f"{job.bag}: unexpected {type(err).__name__}: {' '.join(str(err).split())}")
 
 
 def _unique_id(bag: Path, taken: dict[str, str]) -> str:
@@ -122,7 +124,7 @@ def build_dataset(inputs: Sequence[str | Path], spec: DatasetSpec, out: str | Pa
     bags = find_bags(list(inputs))
     writer = DatasetWriter(out, spec.name, spec=None, image_format=spec.image.format,
                            jpeg_quality=spec.image.jpeg_quality)
-    previous = writer._index.get("spec")
+    previous = writer.recorded_spec
     if previous and previous != spec.as_dict():
         changed = sorted(k for k in {*previous, *spec.as_dict()} if previous.get(k) != spec.as_dict().get(k))
         raise DatasetError(f"{out} was built with a different spec (differs in: {', '.join(changed)}); "

@@ -222,6 +222,11 @@ class DatasetWriter:
         self._save_index()
 
     @property
+    def recorded_spec(self) -> dict[str, Any]:
+        """The spec ``dataset.json`` holds (the one the existing episodes were built with); {} if none."""
+        return dict(self._index.get("spec") or {})
+
+    @property
     def entries(self) -> dict[str, EpisodeEntry]:
         return dict(self._entries)
 

@@ -205,3 +205,32 @@ def test_joint_states_through_the_urdf_give_the_labels_of_the_recorded_ee_pose(r
     data["state"]["ee_frame"] = "no_such_link"
     with pytest.raises(DatasetError, match="has no link 'no_such_link'"):
         read_episode(recorded_demos / "episode_0001", DatasetSpec.from_mapping(data, "fk spec"))
+
+
+def test_builder_on_written_bags_ids_workers_spec_changes(tmp_path: Path) -> None:
+    from magma_ros.bags import write_bag
+    from magma_ros.training.builder import build_dataset
+    from tests.training.test_episodes import records, spec
+
+    for folder in ("a", "b"):
+        write_bag(tmp_path / folder / "ep", records())
+    write_bag(tmp_path / "a" / "no_camera", [r for r in records() if r[0] != "/cam"])
+    chosen = spec()
+    one = build_dataset([tmp_path / "a", tmp_path / "b"], chosen, tmp_path / "one", progress=False,
+                        report=lambda _: None)
+    # the second 'ep' gets its folder's name in front; the bag without the camera topic is skipped
+    assert one.written == ["ep", "b_ep"]
+    assert [bag for bag, _ in one.skipped] == [str((tmp_path / "a" / "no_camera").resolve())]
+    assert "no image topic /cam" in one.skipped[0][1]
+    two = build_dataset([tmp_path / "a", tmp_path / "b"], chosen, tmp_path / "two", workers=2, progress=False,
+                        report=lambda _: None)
+    assert two.written == one.written
+    first, second = TrajectoryDataset(tmp_path / "one"), TrajectoryDataset(tmp_path / "two")
+    assert first.episode_ids == second.episode_ids
+    np.testing.assert_array_equal(first.actions(), second.actions())
+    again = build_dataset([tmp_path / "a", tmp_path / "b"], chosen, tmp_path / "one", progress=False,
+                          report=lambda _: None)
+    assert again.written == [] and sorted(again.already_done) == sorted(one.written)
+    with pytest.raises(DatasetError, match=r"built with a different spec \(differs in: control_rate_hz\)"):
+        build_dataset([tmp_path / "a"], spec(control_rate_hz=5.0, alignment={"max_skew_s": 0.02}),
+                      tmp_path / "one", progress=False, report=lambda _: None)
