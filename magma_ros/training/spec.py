@@ -34,6 +34,7 @@ from magma_ros.conventions import ROTATION_BASE_ROTVEC, ROTATION_CONVENTIONS, Gr
 from magma_ros.training.records import DatasetError
 
 __all__ = [
+    "SERVED_FRAME_SIZE",
     "AlignmentSpec",
     "DatasetSpec",
     "GripperSpec",
@@ -50,6 +51,11 @@ STATE_SOURCES = ("pose", "tf", "joint_states")
 GRIPPER_SOURCES = ("command", "joint_position", "bool", "float")
 INSTRUCTION_SOURCES = ("topic", "metadata", "fixed")
 STAMP_SOURCES = ("header", "recorded")
+
+
+SERVED_FRAME_SIZE = 256
+"""The square size the policy resizes camera frames to before acting (magma_ros.model.policy's
+DEFAULT_ACTION_FRAME_SIZE; kept here so this check needs no torch; a test keeps them equal)."""
 
 
 class SpecError(DatasetError):
@@ -292,7 +298,7 @@ def check_serving(spec: DatasetSpec, policy: contract.PolicyNodeParameters | Non
     """Refuse a serving configuration that disagrees with the spec the model was trained on.
 
     Checked: the policy's ``statistics`` (the dataset name), ``step_period_s`` (the spec's step
-    period), ``base_frame`` and camera topic; the bridge's ``base_frame`` and, for a gripper
+    period), ``base_frame``, camera topic and frame size; the bridge's ``base_frame`` and, for a gripper
     commanded by JointTrajectory, its joints and open/closed positions. Raises
     :class:`SpecMismatchError` listing every disagreement.
     """
@@ -305,6 +311,9 @@ def check_serving(spec: DatasetSpec, policy: contract.PolicyNodeParameters | Non
                             f"{spec.step_period_s:g} s (control_rate_hz {spec.control_rate_hz:g})")
         if policy.base_frame != spec.base_frame:
             problems.append(f"policy base_frame {policy.base_frame!r} != spec base_frame {spec.base_frame!r}")
+        if spec.image.size != SERVED_FRAME_SIZE:
+            problems.append(f"spec image.size {spec.image.size} != {SERVED_FRAME_SIZE}, the size the policy "
+                            "resizes frames to")
         camera = policy.compressed_image_topic or policy.image_topic
         if camera != spec.image.topic:
             problems.append(f"policy camera {camera!r} != spec image.topic {spec.image.topic!r}")

@@ -107,3 +107,15 @@ def test_a_bringup_that_disagrees_with_its_dataset_spec_is_refused(tmp_path: Pat
         load_bringup(_bringup(tmp_path, {"statistics": "sim_panda", "step_period_s": 0.2}))
     bringup = load_bringup(_bringup(tmp_path, {"statistics": "sim_panda"}))
     assert [n.executable for n in bringup.nodes] == ["sim_arm_node", "magma_policy_node", "servo_bridge_node"]
+
+
+def test_the_served_frame_size_is_the_policys() -> None:
+    from magma_ros.model.policy import DEFAULT_ACTION_FRAME_SIZE
+    from magma_ros.training.spec import SERVED_FRAME_SIZE
+
+    assert SERVED_FRAME_SIZE == DEFAULT_ACTION_FRAME_SIZE
+    spec = load_spec(REPO / "config" / "datasets" / "sim_panda.yaml")
+    small = DatasetSpec.from_mapping({**spec.as_dict(), "image": {**spec.as_dict()["image"], "size": 128}})
+    policy = PolicyNodeParameters(statistics="sim_panda", step_period_s=0.1, base_frame="panda_link0")
+    with pytest.raises(SpecMismatchError, match=r"image\.size 128 != 256"):
+        check_serving(small, policy)
