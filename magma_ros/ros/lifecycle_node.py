@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from magma_ros.contract import ContractError, NodeParameters
-from magma_ros.ros.runtime import accept_parameter_changes, declare_parameters
+from magma_ros.ros.runtime import declare_parameters
 
 P = TypeVar("P", bound=NodeParameters)
 
@@ -117,12 +117,11 @@ class ManagedNode(LifecycleNode, Generic[P]):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(self.PARAMETERS.NODE_NAME, **kwargs)
-        self.params: P = declare_parameters(self, self.PARAMETERS)  # type: ignore[assignment]
+        self.params: P = declare_parameters(self, self.PARAMETERS, self._take_parameters)  # type: ignore[assignment]
         self.resources = ResourceRegistry()
         self._active = False
         self._configured = False
         self._closed = False
-        accept_parameter_changes(self, self.PARAMETERS, lambda: self.params, self._take_parameters)
         self.initialize()
         if getattr(self.params, "autostart", False):
             self.trigger_configure()

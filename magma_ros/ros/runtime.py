@@ -55,10 +55,13 @@ def message_type(type_name: str | Topic) -> type:
     return getattr(importlib.import_module(f"{package}.{kind}"), cls)
 
 
-def declare_parameters(node: Node, parameters_cls: type[P]) -> P:
+def declare_parameters(node: Node, parameters_cls: type[P],
+                       apply: Callable[[P, set[str]], None] | None = None) -> P:
     """Declare every field of a contract dataclass as a ROS parameter and read them back.
 
-    Bad values are logged with the contract's message and raised as ContractError.
+    Bad values are logged with the contract's message and raised as ContractError. Run-time
+    changes go through :func:`accept_parameter_changes`: ``apply`` takes the contract's live
+    parameters; a node that passes none refuses every change, with the reason.
     """
     values: dict[str, Any] = {}
     defaults = parameters_cls()
@@ -68,10 +71,12 @@ def declare_parameters(node: Node, parameters_cls: type[P]) -> P:
                                          additional_constraints=LIVE if f.metadata.get("live") else READ_ONLY)
         values[f.name] = _plain(node.declare_parameter(f.name, default, descriptor).value)
     try:
-        return parameters_cls(**values)
+        params = parameters_cls(**values)
     except (ContractError, TypeError) as err:
         node.get_logger().error(f"invalid parameters: {err}")
         raise
+    accept_parameter_changes(node, params, apply)
+    return params
 
 
 def _plain(value: Any) -> Any:
@@ -79,21 +84,22 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (array.array, tuple, list)) else value
 
 
-def accept_parameter_changes(node: Node, parameters_cls: type[P], current: Callable[[], P],
-                             apply: Callable[[P, set[str]], None]) -> None:
+def accept_parameter_changes(node: Node, initial: P, apply: Callable[[P, set[str]], None] | None) -> None:
     """Take ``ros2 param set`` (SetParameters) changes the contract allows, refuse the rest with a reason.
 
-    A change to a parameter the contract does not mark ``live`` is refused as read-only. The
-    live ones are merged into ``current()``, the whole set is validated by the contract class
-    and handed to ``apply(new, changed_names)``, which may refuse by raising ContractError
-    (or ValueError); on success the node keeps the new values. Never raises: an exception
-    here would end the node's executor.
+    A change to a parameter the contract does not mark ``live`` (or to any, without ``apply``)
+    is refused as read-only. The live ones are merged into the values in force (``initial``,
+    then each accepted set), the whole set is validated by the contract class and handed to
+    ``apply(new, changed_names)``, which may refuse by raising ContractError (or ValueError).
+    Never raises: an exception here would end the node's executor.
     """
-    live = parameters_cls.live_parameters()
+    parameters_cls = type(initial)
+    live = parameters_cls.live_parameters() if apply is not None else ()
+    state = {"current": initial}
 
     def on_set(parameters: list[Any]) -> SetParametersResult:
         try:
-            values = current().as_dict()
+            values = state["current"].as_dict()
             changed: set[str] = set()
             for parameter in parameters:
                 if parameter.name not in values:  # use_sim_time and other rclpy-owned parameters
@@ -108,8 +114,10 @@ def accept_parameter_changes(node: Node, parameters_cls: type[P], current: Calla
                         f"new value){allowed}"))
                 values[parameter.name] = value
                 changed.add(parameter.name)
-            if changed:
-                apply(parameters_cls(**values), changed)
+            if changed and apply is not None:
+                new = parameters_cls(**values)
+                apply(new, changed)
+                state["current"] = new
         except (ContractError, TypeError, ValueError) as err:
             return SetParametersResult(successful=False, reason=f"refused: {err}")
         except Exception as err:  # never let a parameter request end the node

@@ -53,7 +53,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from magma_ros import contract
 from magma_ros.contract import ContractError, SimArmParameters
 from magma_ros.image_codec import numpy_to_image
-from magma_ros.ros.runtime import accept_parameter_changes, declare_parameters, message_type, qos, run_node
+from magma_ros.ros.runtime import declare_parameters, message_type, qos, run_node
 from magma_ros.sim import (
     CUBE_COLORS,
     THIRD_PERSON_CAMERA,
@@ -102,7 +102,7 @@ def pose_message(pose: Pose) -> PoseMsg:
 class SimArmNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(SimArmParameters.NODE_NAME, **kwargs)
-        self.params = p = declare_parameters(self, SimArmParameters)
+        self.params = p = declare_parameters(self, SimArmParameters, self._apply_parameters)
         self.sync = p.mode == "synchronous"
         camera = dataclasses.replace(THIRD_PERSON_CAMERA, width=p.image_width, height=p.image_height)
         cameras = (camera, WRIST_CAMERA) if p.wrist_camera else (camera,)
@@ -163,7 +163,6 @@ class SimArmNode(Node):
             self._servo_pause_srv = self.create_service(
                 SetBool, f"{p.servo_node.rstrip('/')}/{contract.SERVO_PAUSE_SERVICE}", self._on_servo_pause,
                 callback_group=inputs)
-        accept_parameter_changes(self, SimArmParameters, lambda: self.params, self._apply_parameters)
         steady = Clock(clock_type=ClockType.STEADY_TIME)
         # synchronous: answers step the sim from their callback; the timer only cuts answers that never
         # complete (or waits out sync_quiet_s); realtime: wake once per state period of wall time

@@ -20,8 +20,9 @@ from rcl_interfaces.srv import GetParameters, SetParameters, SetParametersAtomic
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from magma_ros.contract import PolicyNodeParameters, ServoBridgeParameters
+from magma_ros.contract import PolicyNodeParameters, ServoBridgeParameters, SyntheticCameraParameters
 from magma_ros.ros.policy_node import PolicyNode
+from magma_ros.ros.synthetic_camera_node import SyntheticCameraNode
 from magma_ros.safety import non_braking_change, norm
 from tests.ros.harness import RosGraph, wait_for
 from tests.ros.test_servo_bridge import POSE, Rig, is_zero, stamp_ns
@@ -219,3 +220,14 @@ def test_the_policy_node_takes_its_instruction_at_run_time(graph: RosGraph) -> N
     result = set_parameters(probe, PolicyNodeParameters.NODE_NAME, backend="torch")[0]
     assert not result.successful and "read-only" in result.reason
 
+
+
+def test_a_node_without_live_parameters_refuses_every_change(graph: RosGraph) -> None:
+    # Before: `ros2 param set` was accepted and silently ignored by every node but the sim.
+    node = graph.add(SyntheticCameraNode(context=graph.context, parameter_overrides=[
+        Parameter("width", value=64), Parameter("height", value=48)]))
+    probe = graph.node("probe")
+    result = set_parameters(probe, SyntheticCameraParameters.NODE_NAME, rate_hz=5.0)[0]
+    assert not result.successful and "rate_hz is read-only" in result.reason
+    assert set_parameters(probe, SyntheticCameraParameters.NODE_NAME, width=64)[0].successful  # unchanged value
+    assert node.params.rate_hz == 30.0
