@@ -234,3 +234,18 @@ def test_builder_on_written_bags_ids_workers_spec_changes(tmp_path: Path) -> Non
     with pytest.raises(DatasetError, match=r"built with a different spec \(differs in: control_rate_hz\)"):
         build_dataset([tmp_path / "a"], spec(control_rate_hz=5.0, alignment={"max_skew_s": 0.02}),
                       tmp_path / "one", progress=False, report=lambda _: None)
+
+
+def test_dataset_info_and_cli_errors(sim_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from magma_ros.cli import main
+
+    assert main(["dataset", "info", str(sim_dataset), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["name"] == "sim_panda" and info["episodes"] == 2 and info["steps"] == 2 * DEMO_STEPS
+    assert main(["dataset", "info", str(tmp_path)]) == 2
+    assert "not a magma_ros dataset" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("name: x\ncontrol_rate_hz: 10\nbase_frame: b\nimage: {sise: 1}\n")
+    assert main(["dataset", "build", str(tmp_path), "--spec", str(tmp_path / "bad.yaml"), "--out",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown field(s) image.sise" in err[0]
