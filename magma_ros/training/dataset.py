@@ -365,6 +365,9 @@ class TrajectoryDataset:
         if missing:
             raise DatasetError(f"{self.root}: episode file(s) listed in {DATASET_FILE} are missing: "
                                f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if not entries:
+            raise DatasetError(f"{self.root} holds no episodes yet (every bag skipped? the reasons are under "
+                               f"'builds' in {DATASET_FILE})")
         self._entries = {e.episode_id: e for e in entries}
         self.episode_ids: tuple[str, ...] = tuple(self._entries)
         self._offsets = np.cumsum([0] + [e.steps for e in entries])

@@ -152,6 +152,8 @@ def test_reader_refuses_what_is_not_a_dataset(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not a magma_ros dataset"):
         TrajectoryDataset(tmp_path)
     writer = DatasetWriter(tmp_path / "d", "toy")
+    with pytest.raises(DatasetError, match="holds no episodes yet"):
+        TrajectoryDataset(tmp_path / "d")
     rgb = np.zeros((8, 8, 3), np.uint8)
     writer.write_episode("e0", stamps_ns=[0, 1], images=[rgb, rgb], actions=np.zeros((2, 7)), states=np.zeros((2, 7)),
                          instructions="x")
