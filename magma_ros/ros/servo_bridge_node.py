@@ -393,10 +393,11 @@ class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
 
     def _answer_synchronously(self) -> None:
         """synchronous_stream (a synchronous simulator, see magma_ros.sim.lockstep): answer this delta
-        at once with the step's twist, stamped now (zero when nothing was accepted), then end the
-        stream (zeros). Not ramped: the simulator holds the twist for the whole step. Lock held."""
+        at once with the step's twist, stamped now (zero when nothing was accepted), and end the
+        stream there: no re-sends, no trailing zeros (the simulator holds the twist for the whole
+        step; the next answer replaces it, none lets it go stale). Not ramped. Lock held."""
         self._publish_twist(self.stream.velocity)
-        self._halt()
+        self.stream.silence()
 
     def _handle_delta(self, msg: Any, publish_age_s: float) -> None:
         self.counters["received"] += 1
