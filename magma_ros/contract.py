@@ -264,9 +264,10 @@ class ServoBridgeParameters(NodeParameters):
                                              "runs the watchdog, where the OS allows it (root, CAP_SYS_NICE or an "
                                              "rtprio limit; else normal scheduling, said once); 0 = never")
     synchronous_stream: bool = _param(False, "for a synchronous simulator only (sim_arm_node mode synchronous, "
-                                             "sync_answer_end zero_twist): send each accepted step's whole stream "
-                                             "at once (its twist, gripper command, then the zeros) so the sim "
-                                             "steps without waiting a step period of wall time; never on an arm")
+                                             "sync_answer_end first_twist): answer each delta at once with its "
+                                             "gripper command and one twist (the step's, unramped; zero if "
+                                             "rejected) so the sim steps without waiting a step period of wall "
+                                             "time; never on an arm")
     clamp_enabled: bool = _param(True, "clamp each step's |dp| and |dtheta| (vector norms) to max_linear_step_m / "
                                        "max_angular_step_rad")
     max_linear_step_m: float = _param(0.05, "largest |dp| of one step (m, vector norm)", live=True)

@@ -17,7 +17,7 @@ The protocol ``sim_arm_node`` runs in synchronous mode, one control step at a ti
      the run slower, never different.
    * ``"first_twist"`` (a teleop sending one twist per observation, its gripper command, if
      any, before it; or a Servo bridge with ``synchronous_stream``, which answers each step at
-     once: gripper command, the step's twist, then zeros): the answer is complete at its first
+     once: gripper command, then the step's twist): the answer is complete at its first
      twist, zero or not. A twist stamped before the observation is the tail of an older answer
      and is ignored. Nothing waits on the wall clock.
    * ``"quiet"`` (a teleop whose order is unknown): the answer is complete once a twist has
