@@ -5,7 +5,8 @@ hog beside it (a torch matmul loop on every core), and runs silence trials from 
 this process: a few deltas of 1 s steps (so only the watchdog can end them), then nothing.
 Per trial: the time from publishing the last delta to the bridge sending (its stamp) and to
 the probe receiving the first zero twist. Target: sent <= watchdog_timeout_s + one stream
-period. Also reported: the bridge's own worst tick lateness and publish time (diagnostics).
+period. Also: the longest gap between consecutive twists while a trial streams (the stream must
+not stall while deltas arrive), and the bridge's own worst tick lateness and publish time.
 
 usage: python bench/watchdog_bench.py [--trials N] [--no-hog] [--hog-threads N] [--source DIR]
 (--source: run the bridge from another checkout's magma_ros, e.g. an older commit, to compare)
@@ -111,6 +112,7 @@ def run(trials: int, hog_threads: int, source: str = "") -> int:
 
     sent: list[float] = []
     received: list[float] = []
+    gaps: list[float] = []
     try:
         deadline = time.monotonic() + 60
         while not (deltas.get_subscription_count() > 0 and diagnostics) and time.monotonic() < deadline:
@@ -121,6 +123,7 @@ def run(trials: int, hog_threads: int, source: str = "") -> int:
         time.sleep(1.0)  # the hog warms up too
         started = time.monotonic()
         for trial in range(trials):
+            trial_start = time.time_ns()
             for _ in range(3):
                 deltas.publish(delta())
                 time.sleep(0.05)
@@ -137,6 +140,9 @@ def run(trials: int, hog_threads: int, source: str = "") -> int:
                 return 1
             received.append((first[0] - last) * 1e-9)
             sent.append((first[1] - last) * 1e-9)
+            with lock:
+                stamps = sorted(t[1] for t in twists if trial_start < t[1] <= first[1])
+            gaps.append(max(np.diff(stamps), default=0) * 1e-9)
             time.sleep(0.15)
             if (trial + 1) % 20 == 0:
                 print(f"  {trial + 1}/{trials} trials, {time.monotonic() - started:.0f} s: worst so far "
@@ -154,6 +160,7 @@ def run(trials: int, hog_threads: int, source: str = "") -> int:
           f"(watchdog {defaults.watchdog_timeout_s * 1e3:.0f} ms + one {1e3 / defaults.stream_rate_hz:.0f} ms tick)")
     print(f"  first zero sent (bridge stamp):  {percentiles(sent)}")
     print(f"  first zero received (probe):     {percentiles(received)}")
+    print(f"  longest gap while streaming:     {percentiles(gaps)} (one tick: {1e3 / defaults.stream_rate_hz:.0f} ms)")
     print(f"  bridge diagnostics: stream thread SCHED_FIFO priority {diagnostics.get('stream_thread_priority')}, "
           f"worst tick lateness {diagnostics.get('tick_late_max_ms')} ms, worst publish "
           f"{diagnostics.get('publish_max_ms')} ms, late ticks skipped {diagnostics.get('late_ticks')}, "

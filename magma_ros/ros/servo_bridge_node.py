@@ -23,14 +23,17 @@ twists, then silence (Servo halts when its input stops). The checks live in
 * Timing: the stream and the watchdog run on their own thread, on the steady clock, so a busy
   executor (callbacks, parameter and lifecycle services) cannot delay a zero twist; a stop
   wakes the thread at once. Where the OS allows, that thread runs SCHED_FIFO
-  (``stream_thread_priority``), so CPU-bound neighbours delay it less (it still needs the
-  GIL: main() hands it over every 1 ms). The watchdog counts from the delta's DDS
+  (``stream_thread_priority``), so CPU-bound neighbours delay it less. It still needs the
+  GIL, so the executable also raises its own CPU share (nice -5, where permitted: the threads
+  that hold the GIL are not left waiting behind other processes) and hands the GIL over every
+  1 ms. The watchdog counts from the delta's DDS
   publication time where rclpy provides it (Iron+), else from its acceptance. Stamps and
   ages use the node clock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import os
@@ -78,6 +81,8 @@ from magma_ros.stamps import StampError, split_ns, stamp_to_ns
 
 WARN_PERIOD_S = 2.0
 MOVEIT_UNAVAILABLE = "MoveIt (moveit_py) is not available"
+PROCESS_NICE = -5
+"""The bridge executable's nice value where permitted (its threads hold the GIL the stream thread needs)."""
 GIL_SWITCH_INTERVAL_S = 0.001
 """The bridge process hands the GIL over every 1 ms (Python's default: 5 ms) so the stream thread
 waits less behind callbacks; set in main() only, never when the node is built inside another program."""
@@ -638,4 +643,6 @@ NODE = ServoBridgeNode
 
 def main(args: list[str] | None = None) -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    with contextlib.suppress(OSError, AttributeError):  # where not permitted: the normal share
+        os.setpriority(os.PRIO_PROCESS, 0, PROCESS_NICE)  # inherited by every thread started after this
     return run_node(ServoBridgeNode, args)
