@@ -84,7 +84,7 @@ class ExportedPolicy:
         self.embed = np.load(self.directory / EMBED_FILE, mmap_mode="r")
         self.row_separator = np.load(self.directory / SEPARATOR_FILE)
         self.act_dtype = self.embed.dtype
-        stops = {self.tokenizer.eos_id}
+        stops = {self.tokenizer.eos_id, *dims.eos_token_ids}
         if self.tokenizer.has_token(EOS_TOKEN):
             stops.add(self.tokenizer.token_id(EOS_TOKEN))
         self.stop_ids = frozenset(i for i in stops if i is not None)

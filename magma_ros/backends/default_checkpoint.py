@@ -2,20 +2,27 @@
 
 Resolution order:
 1. ``$MAGMA_ROS_DEFAULT_CHECKPOINT`` when set (any checkpoint directory);
-2. a trained magma-tiny shipped with the package (``checkpoints/magma-tiny`` next to
-   ``config/``), once one is trained and committed;
-3. an untrained magma-tiny built deterministically (seed 0) into the user cache the
-   first time it is needed. It exercises the whole stack but is not a useful policy.
+2. the trained magma-tiny shipped with the package: ``checkpoints/magma-tiny`` next to
+   ``config/`` (installed under share/magma_ros by setup.py and CMakeLists.txt). It is a
+   magma-tiny-sim trained from scratch on scripted-expert demonstrations of the simulated
+   workcell by ``training/recipes/default_model.sh``; its model card (README.md) and
+   ``evaluation.json`` (closed-loop success on held-out seeds) ship beside the weights;
+3. only when that directory is missing (a broken install): an untrained magma-tiny built
+   deterministically (seed 0) into the user cache. It exercises the stack but does nothing useful.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 SHIPPED_NAME = "magma-tiny"
+SHIPPED_EVALUATION = "evaluation.json"
+"""Beside the shipped weights: the closed-loop success measured by the recipe (summary of
+``magma-ros evaluate`` on held-out seeds), what the demo quotes."""
 UNTRAINED_VARIANT = "magma-tiny"
 UNTRAINED_SEED = 0
 
@@ -33,6 +40,18 @@ def shipped_checkpoint() -> Path | None:
     except BringupError:
         return None
     return candidate if (candidate / "config.json").is_file() else None
+
+
+def shipped_evaluation(directory: Path | None = None) -> dict | None:
+    """The shipped default's measured closed-loop success (``evaluation.json``), None if absent/unreadable."""
+    directory = directory if directory is not None else shipped_checkpoint()
+    if directory is None:
+        return None
+    try:
+        data = json.loads((directory / SHIPPED_EVALUATION).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def untrained_checkpoint() -> Path:
@@ -61,5 +80,5 @@ def default_checkpoint() -> tuple[Path, str]:
         return Path(override), f"MAGMA_ROS_DEFAULT_CHECKPOINT={override}"
     shipped = shipped_checkpoint()
     if shipped is not None:
-        return shipped, f"shipped {SHIPPED_NAME}"
+        return shipped, f"shipped {SHIPPED_NAME} ({shipped})"
     return untrained_checkpoint(), f"untrained {UNTRAINED_VARIANT} (seed {UNTRAINED_SEED})"

@@ -79,6 +79,7 @@ class ModelDims:
     use_im_start_end: bool
     vision_params: int = 0
     language_params: int = 0
+    eos_token_ids: tuple[int, ...] = ()   # the text config's eos ids (free-text stops)
 
     @property
     def action_rows(self) -> int:
@@ -174,7 +175,9 @@ class Manifest:
             if version != FORMAT_VERSION:
                 raise ExportError(f"{source}: export format {version}, this magma_ros reads {FORMAT_VERSION}; "
                                   f"re-export with `magma-ros export`")
-            dims = ModelDims(**data["dims"])
+            raw = dict(data["dims"])
+            raw["eos_token_ids"] = tuple(int(i) for i in raw.get("eos_token_ids", ()))
+            dims = ModelDims(**raw)
             return cls(dims=dims, dtype=str(data["dtype"]), opset=int(data["opset"]), source=str(data["source"]),
                        fingerprint=str(data["fingerprint"]), files={k: list(v) for k, v in data["files"].items()},
                        weights_included=bool(data.get("weights_included", True)), format_version=version)

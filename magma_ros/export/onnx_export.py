@@ -68,7 +68,7 @@ def model_dims(model, tokenizer, preprocessor) -> ModelDims:
         num_crops=preprocessor.num_crops, max_positions=text.max_position_embeddings,
         image_token_index=model.config.image_token_index, row_separator=model.config.vision.mm_use_row_seperator,
         use_im_start_end=model.config.mm_use_image_start_end, vision_params=vision_params,
-        language_params=language_params,
+        language_params=language_params, eos_token_ids=tuple(int(i) for i in text.eos_token_id),
     )
 
 
@@ -185,9 +185,12 @@ def _export_structure(module: torch.nn.Module, args: tuple[torch.Tensor, ...], p
     # every cache input shares one "past" dimension
     past = torch.export.Dim("past", min=2, max=1 << 16)
     dyn = [({k: past for k in a} if a and spec.name == DECODE else a) for a in dyn]
+    shapes: tuple[object, ...] = tuple(dyn)
+    if spec.name == DECODE:  # forward(inputs_embeds, *past): the cache is one var-positional group
+        shapes = (dyn[0], tuple(dyn[1:]))
     with _quiet():
         program = torch.onnx.export(module, args, None, input_names=names_in, output_names=names_out,
-                                    dynamic_shapes=tuple(dyn), opset_version=OPSET, dynamo=True, optimize=False,
+                                    dynamic_shapes=shapes, opset_version=OPSET, dynamo=True, optimize=False,
                                     verbose=False)
         program.save(str(path), include_initializers=False)
 
