@@ -72,6 +72,23 @@ def test_survives_a_burst_of_malformed_frames(graph: RosGraph) -> None:
     assert predictions[0].header.frame_id == "cam99"
 
 
+def test_frames_with_bad_stamps_are_dropped_where_they_enter(graph: RosGraph) -> None:
+    # rclpy's Time.from_msg raises on a negative stamp: checked on entry (magma_ros.stamps), not by a catch-all.
+    node = policy(graph)
+    test = graph.node("probe")
+    predictions = graph.collect(test, Prediction, contract.PREDICTION.name)
+    pub = test.create_publisher(Image, contract.CAMERA_IMAGE.name, qos("reliable"))
+    assert wait_for(lambda: pub.get_subscription_count() > 0, 10)
+    for sec, nanosec in [(-1, 0), (-2**31, 999), (0, 0), (5, 1_500_000_000), (2**31 - 1, 0)]:
+        msg = frame(test, 1)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nanosec
+        pub.publish(msg)
+    assert wait_for(lambda: node.counters["bad_stamp"] == 4 and node.counters["stale"] == 1, 5.0), node.counters
+    assert predictions == []
+    pub.publish(frame(test, 7))
+    assert wait_for(lambda: len(predictions) == 1, 5.0) and predictions[0].header.frame_id == "cam7"
+
+
 def test_inactive_node_publishes_nothing_and_instruction_updates(graph: RosGraph) -> None:
     node = policy(graph, autostart=False)
     test = graph.node("probe")
