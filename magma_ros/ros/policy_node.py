@@ -9,8 +9,9 @@ depth); an action thread converts the newest frame and runs the 7-DoF action que
 when ``trace_period_s`` > 0 a trace thread runs the slower Trace-of-Mark query on the
 newest converted frame every period, so traces never hold up actions. A slow model
 drops frames (counted), it never queues them. Frames older than
-``max_observation_age_s`` (or stamped that far in the future) are never acted on, neither
-before nor after inference.
+``max_observation_age_s`` are never acted on, neither before nor after inference (frames
+stamped in the future are, and then rejected by the bridge; under simulated time a frame
+may beat its /clock message).
 Malformed frames (bad stamps included, checked where they enter) are logged (rate-limited),
 counted and dropped.
 """
@@ -228,9 +229,9 @@ class PolicyNode(ManagedNode[PolicyNodeParameters]):
         self.counters["dropped_newer_frame"] = self._slot.replaced
         if not self._active:
             return
-        if abs(self._age_s(msg.header)) > p.max_observation_age_s:
+        if self._age_s(msg.header) > p.max_observation_age_s:
             self.counters["stale"] += 1
-            self.get_logger().warning(f"frame stamped more than {p.max_observation_age_s} s from now dropped",
+            self.get_logger().warning(f"frame older than {p.max_observation_age_s} s dropped",
                                       throttle_duration_sec=WARN_PERIOD_S)
             return
         try:
@@ -255,7 +256,7 @@ class PolicyNode(ManagedNode[PolicyNodeParameters]):
             output = PolicyOutput.failure(f"non-finite action {np.asarray(output.action).tolist()}",
                                           output.timings, output.raw_text)
         age = self._age_s(header)
-        if output.valid and abs(age) > p.max_observation_age_s:
+        if output.valid and age > p.max_observation_age_s:
             output = PolicyOutput.failure(
                 f"observation was {age:.3f} s old when inference finished (max {p.max_observation_age_s} s)",
                 output.timings, output.raw_text)

@@ -79,11 +79,11 @@ def test_frames_with_bad_stamps_are_dropped_where_they_enter(graph: RosGraph) ->
     predictions = graph.collect(test, Prediction, contract.PREDICTION.name)
     pub = test.create_publisher(Image, contract.CAMERA_IMAGE.name, qos("reliable"))
     assert wait_for(lambda: pub.get_subscription_count() > 0, 10)
-    for sec, nanosec in [(-1, 0), (-2**31, 999), (0, 0), (5, 1_500_000_000), (2**31 - 1, 0)]:
+    for sec, nanosec in [(-1, 0), (-2**31, 999), (0, 0), (5, 1_500_000_000)]:
         msg = frame(test, 1)
         msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nanosec
         pub.publish(msg)
-    assert wait_for(lambda: node.counters["bad_stamp"] == 4 and node.counters["stale"] == 1, 5.0), node.counters
+    assert wait_for(lambda: node.counters["bad_stamp"] == 4 and node.counters["rejected"] == 4, 5.0), node.counters
     assert predictions == []
     pub.publish(frame(test, 7))
     assert wait_for(lambda: len(predictions) == 1, 5.0) and predictions[0].header.frame_id == "cam7"
