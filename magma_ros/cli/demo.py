@@ -1,9 +1,10 @@
 """`magma-ros demo` (what `make demo` runs): the whole stack closed-loop in the simulated workcell.
 
 Brings up config/bringup/sim.yaml in this process (sim_arm_node in synchronous mode,
-magma_policy_node on the embedded default checkpoint, servo_bridge_node), runs a few short
-reach and pick episodes through it, prints the success table and writes the summary JSON,
-the plot and an animation of the first episode with the policy's predicted motion drawn.
+magma_policy_node on the embedded default checkpoint, servo_bridge_node), runs a few reach
+and pick episodes on held-out seeds (5000.., never used in training) through it, prints the
+success table and writes the summary JSON, the plot and an animation of the first episode
+with the policy's predicted motion and its Trace-of-Mark traces drawn.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import sys
 from pathlib import Path
 
 DEFAULT_OUT = "runs/demo"
+DEMO_SEED = 5000
+"""Seeds from 5000 up are held out: the shipped default never trained on these layouts."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bringup", default="config/bringup/sim.yaml", help="bringup description to run")
     parser.add_argument("--checkpoint", default="", help="checkpoint directory ('' = the embedded default)")
     parser.add_argument("--episodes", type=int, default=2, help="episodes per task")
-    parser.add_argument("--max-steps", type=int, default=30, help="step budget per episode (10 Hz control steps)")
+    parser.add_argument("--max-steps", type=int, default=0,
+                        help="step budget per episode (10 Hz steps; 0 = the task's default: 80 reach, 150 pick)")
+    parser.add_argument("--seed", type=int, default=DEMO_SEED, help="first seed (5000 and up: held out from training)")
     parser.add_argument("--out", default=DEFAULT_OUT, help="where the summary, plot and animation go")
     parser.set_defaults(func=run)
 
@@ -32,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from magma_ros.backends.default_checkpoint import default_checkpoint
+    from magma_ros.backends.default_checkpoint import default_checkpoint, shipped_evaluation
     from magma_ros.bringup import BringupError
     from magma_ros.cli.evaluate import EvaluationSettings, evaluate
     from magma_ros.evaluation import format_table, summarize
@@ -44,15 +49,15 @@ def run(args: argparse.Namespace) -> int:
     untrained = not args.checkpoint and "untrained" in checkpoint_note
     print("magma-ros demo: simulated Panda workcell -> magma_policy_node -> servo_bridge_node -> Servo twists -> sim")
     print(f"  checkpoint: {checkpoint_note}")
-    if untrained:
-        print("  NOTE: this default model is untrained (no trained checkpoint ships yet), so expect a success rate")
-        print("  of about 0%: the demo shows the closed loop running, not a policy that solves the tasks.")
-    print(f"  {args.episodes} reach + {args.episodes} pick episode(s), {args.max_steps} steps each, synchronous "
-          "sim (deterministic; slow CPUs only make it slower)\n")
+    for line in describe_default(None if args.checkpoint else shipped_evaluation(), untrained):
+        print(f"  {line}")
+    steps = "the task's step budget" if args.max_steps == 0 else f"{args.max_steps} steps"
+    print(f"  {args.episodes} reach + {args.episodes} pick episode(s), seeds {args.seed}.., {steps} each, "
+          "synchronous sim (deterministic; slow CPUs only make it slower)\n")
     started = time.monotonic()
     try:
         settings = EvaluationSettings(checkpoint=args.checkpoint, tasks=("reach", "pick"), episodes=args.episodes,
-                                      seed=0, max_steps=args.max_steps, out=out, gif=out / "overlay.gif",
+                                      seed=args.seed, max_steps=args.max_steps, out=out, gif=out / "overlay.gif",
                                       bringup=args.bringup)
         result = evaluate(settings)
     except (ValueError, BringupError, EpisodeClientError) as err:
@@ -66,6 +71,31 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nsummary JSON:      {result.summary_json}")
     print(f"plot:              {result.plot}")
     if result.gif is not None:
-        print(f"overlay animation: {result.gif}  (yellow: TCP path, cyan: the policy's predicted motion x5)")
+        print(f"overlay animation: {result.gif}  (yellow: TCP path, cyan: the policy's predicted motion x5, "
+              "coloured polylines: its Trace-of-Mark traces)")
     print(f"wall time:         {time.monotonic() - started:.0f} s")
     return 0
+
+
+def describe_default(evaluation: dict | None, untrained: bool) -> list[str]:
+    """What the embedded default is and how well it was measured to do (from its evaluation.json)."""
+    if untrained:
+        return ["NOTE: the trained default is missing from this install, so this is an untrained magma-tiny:",
+                "expect about 0% success (the demo then only shows the closed loop running)."]
+    if not evaluation:
+        return []
+    lines = [str(evaluation.get("description", "")).strip()] if evaluation.get("description") else []
+    for mode in ("synchronous", "realtime"):
+        block = evaluation.get(mode)
+        if not isinstance(block, dict):
+            continue
+        rows = []
+        for task, row in sorted(block.get("tasks", {}).items()):
+            try:
+                rows.append(f"{task} {row['successes']}/{row['episodes']} ({100 * row['success_rate']:.0f}%, "
+                            f"95% CI {100 * row['ci95_low']:.0f}-{100 * row['ci95_high']:.0f}%)")
+            except (KeyError, TypeError):
+                continue
+        if rows:
+            lines.append(f"measured ({mode}, {block.get('seeds', 'held-out seeds')}): {'; '.join(rows)}")
+    return lines

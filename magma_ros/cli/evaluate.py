@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gif", default=None, metavar="PATH", help="write an overlay animation of the first episode")
     parser.add_argument("--bringup", default=DEFAULT_BRINGUP, help="bringup description with the three nodes")
     parser.add_argument("--verbose", action="store_true", help="show the nodes' INFO logs")
+    parser.add_argument("--realtime", type=float, default=0.0, metavar="CAMERA_HZ",
+                        help="run the sim in realtime mode (sim time follows the wall clock, like an arm) with "
+                             "the camera at CAMERA_HZ; the policy acts on the newest frame (0 = synchronous)")
     add_backend_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -61,8 +64,12 @@ class EvaluationSettings:
     verbose: bool = False
     # magma_policy_node parameters choosing the backend (backend, export_dir, ...); {} = the bringup's
     backend_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # > 0: sim in realtime mode with the camera at this rate (Hz); 0: synchronous (deterministic)
+    realtime_camera_hz: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.realtime_camera_hz <= 120.0:
+            raise ValueError(f"--realtime must be a camera rate in (0, 120] Hz or 0, got {self.realtime_camera_hz}")
         if self.episodes < 1:
             raise ValueError(f"--episodes must be at least 1, got {self.episodes}")
         if not 0 <= self.seed < 2**32 - self.episodes:
@@ -101,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = EvaluationSettings(args.checkpoint, tuple(dict.fromkeys(args.task)), args.episodes, args.seed,
                                       args.max_steps, Path(args.out), Path(args.gif) if args.gif else None,
-                                      args.bringup, args.verbose, backend_parameters(args))
+                                      args.bringup, args.verbose, backend_parameters(args), args.realtime)
     except ValueError as err:
         print(f"magma-ros evaluate: {err}", file=sys.stderr)
         return 2
@@ -145,6 +152,10 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
         raise BringupError(f"{bringup.source}: evaluation needs {', '.join(sorted(missing))}")
     # no --checkpoint: the parameter file's value (normally '', the embedded default)
     overrides = synchronous_loop_overrides(settings.checkpoint)
+    if settings.realtime_camera_hz > 0:  # the regime of a real arm: time runs, the policy takes the newest frame
+        overrides["sim_arm_node"].update(mode="realtime", camera_rate_hz=float(settings.realtime_camera_hz))
+        overrides["servo_bridge_node"]["synchronous_stream"] = False
+        overrides["magma_policy_node"]["control_rate_hz"] = 0.0
     if settings.backend_params:
         overrides["magma_policy_node"] = {**overrides.get("magma_policy_node", {}), **settings.backend_params}
     bringup = dataclasses.replace(bringup, nodes=tuple(
@@ -196,7 +207,9 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
     wall_s = time.monotonic() - started
     model_id = frames.model_id or settings.checkpoint or "(embedded default)"
     document = summary_document(outcomes, checkpoint=settings.checkpoint or "(embedded default)", model_id=model_id,
-                                bringup=str(bringup.source), mode="synchronous", control_rate_hz=10.0,
+                                bringup=str(bringup.source),
+                                mode="realtime" if settings.realtime_camera_hz > 0 else "synchronous",
+                                control_rate_hz=10.0,
                                 wall_s=round(wall_s, 1))
     summary_json = write_json(settings.out / "summary.json", document)
     title = f"{model_id}: closed loop in the simulated workcell"

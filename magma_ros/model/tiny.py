@@ -77,6 +77,11 @@ TINY_VARIANTS: dict[str, TinyVariant] = {
                     img_size=512, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
                     intermediate_size=384),
         TinyVariant("magma-tiny-large", vision_backbone="convnextlarge"),
+        # the shipped default (training/recipes/default_model.sh): 128-px crops, so a 256x256 robot
+        # frame is seen at full resolution (2x2 crops, 8x8 feature cells) - the cubes are ~10 px wide
+        TinyVariant("magma-tiny-sim", vision_depths=(1, 1, 2, 1), vision_dims=(16, 32, 64, 128),
+                    img_size=128, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
+                    intermediate_size=256),
     )
 }
 
