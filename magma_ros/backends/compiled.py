@@ -218,7 +218,7 @@ class CompiledBackend(PolicyBackend):
 
         try:
             step = self.policy.predict_action(rgb, instruction, self.temperature, self.rng)
-        except (MagmaModelError, BackendError) as err:
+        except (MagmaModelError, RuntimeError, ValueError) as err:  # runtime errors: one failed frame, not a dead node
             return PolicyOutput.failure(f"model: {err}")
         text = self.policy.tokenizer.decode(step.token_ids)
         decoded = self.codec.decode(step.token_ids, self.statistics)
@@ -239,7 +239,7 @@ class CompiledBackend(PolicyBackend):
         try:
             ids, finished, timings = self.policy.generate_text(draw_marks(rgb, marks), query,
                                                                self.trace_max_new_tokens, self.temperature, self.rng)
-        except (MagmaModelError, BackendError) as err:
+        except (MagmaModelError, RuntimeError, ValueError) as err:  # runtime errors: one failed frame, not a dead node
             return PolicyOutput.failure(f"model: {err}")
         text = self.policy.tokenizer.decode(ids[:-1] if finished else ids)
         parsed = parse_traces(text, size)

@@ -11,6 +11,12 @@ Two modes:
   without initializers. This checks a Magma-8B-sized configuration's graphs (names, shapes,
   dynamic axes) in well under 4 GB of host memory; such an export cannot run.
 
+Why two exporters (torch 2.14): the TorchScript-based one (``dynamo=False``) writes these
+graphs with weights in about a second each for small models and keeps the traced names;
+the ``torch.export``-based one (``dynamo=True``, the default in torch 2.9+) is the one that
+can trace a meta-device model, but takes minutes for a 32-layer model and, with its optimizer on,
+fails on meta tensors, so it runs with ``optimize=False`` for structure-only exports.
+
 Opset 18. The host side (token embedding lookup, crop tiling, row separators) reads
 ``embed_tokens.npy`` / ``row_separator.npy``.
 """

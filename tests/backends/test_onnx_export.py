@@ -112,3 +112,15 @@ def test_stale_exports_are_redone_and_bad_directories_named(tiny_pair, tmp_path:
     assert fresh.fingerprint == manifest.fingerprint and (redone / "prefill.onnx").stat().st_mtime_ns != mtime
     with pytest.raises(BackendError, match="neither a checkpoint"):
         resolve_export(tmp_path, BackendOptions(), quiet=True)
+
+
+def test_export_cli(tiny_pair, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from magma_ros.cli import main
+
+    assert main(["export", "--checkpoint", str(tiny_pair[0]), "--out", str(tmp_path / "x")]) == 0
+    manifest = Manifest.read(tmp_path / "x")
+    assert manifest.weights_included and manifest.opset >= 17 and manifest.dims.action_rows == 256
+    assert all((tmp_path / "x" / f).is_file() for files in manifest.files.values() for f in files)
+    assert main(["export", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "y")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("magma-ros export:") and "missing" in err[0]
