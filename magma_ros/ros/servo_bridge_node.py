@@ -208,13 +208,13 @@ class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
 
     def teardown(self) -> None:
         with self._lock:
-            self.stream.silence()
+            self.stream.silence(self._sample_time(self.get_clock().now().nanoseconds))
         self._pause_client = self._servo_command_client = self._tf_buffer = self._pose = None
         self._gripper_action = self._twist_pub = None
 
     def activate(self) -> None:
         with self._lock:
-            self.stream.silence()
+            self.stream.silence(self._sample_time(self.get_clock().now().nanoseconds))
             if self.watchdog is not None:
                 self.watchdog.reset()
             self._gripper_sent = None
@@ -334,7 +334,7 @@ class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
 
     def _sample_time(self, stamp_ns: int) -> float | None:
         """A sample's time for the acceleration limit: its stamp, or None (the steady clock) under simulated
-        time, which may stand still."""
+        time, which may stand still. Every time handed to the stream comes from here (one time base)."""
         if getattr(self.get_clock(), "ros_time_is_active", False):
             return None
         return (stamp_ns - self._epoch_ns) * 1e-9  # relative: full ns precision in a float
@@ -356,7 +356,7 @@ class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
             for _ in range(self.params.zero_messages):
                 last_ns = self.get_clock().now().nanoseconds
                 self._publish_twist(ZERO, last_ns)
-        self.stream.silence(None if last_ns is None else self._sample_time(last_ns))
+        self.stream.silence(self._sample_time(self.get_clock().now().nanoseconds if last_ns is None else last_ns))
 
     def _twist(self, velocity: Velocity, stamp_ns: int) -> TwistStamped:
         msg = TwistStamped()
