@@ -347,10 +347,14 @@ def read_episode(bag_path: str | Path, spec: DatasetSpec, episode_id: str | None
         raise EpisodeError(f"{bag_path}: unsuccessful episode (only_successful is set)")
     try:
         with BagReader(bag_path) as bag:
-            if bag.warnings and not keep_damaged:  # e.g. a truncated mcap: read short, so not used
-                warning = " ".join(bag.warnings[0].split())
+            # Streams skipped as a whole (e.g. service events) matter only when a topic we need is one;
+            # any other degradation (a truncated mcap, a lost split file) means a short read: not used.
+            skipped = [f"{u.topic}: {u.reason}" for u in bag.skipped if u.topic in _needed_topics(spec)]
+            degraded = [w for w in bag.warnings if "cannot be decoded and are skipped" not in w]
+            if (skipped or degraded) and not keep_damaged:
+                warning = " ".join((skipped or degraded)[0].split())
                 raise EpisodeError(warning if warning.startswith(str(bag_path)) else f"{bag_path}: {warning}")
-            return _read(bag, bag_path, episode_id, spec, metadata)
+            return _read(bag, bag_path, episode_id, spec, metadata, keep_damaged)
     except BagError as err:
         raise EpisodeError(f"{bag_path}: {' '.join(str(err).split())}") from err
 
@@ -420,8 +424,31 @@ _GRIPPER_TYPES = {"command": ("trajectory_msgs/msg/JointTrajectory",),
                   "float": ("std_msgs/msg/Float64", "std_msgs/msg/Float32")}
 
 
+def _needed_topics(spec: DatasetSpec) -> set[str]:
+    """Every bag topic the spec reads."""
+    topics = {spec.image.topic, spec.gripper.topic}
+    if spec.state.source == "pose":
+        topics.add(spec.state.topic)
+    elif spec.state.source == "joint_states":
+        topics.add(spec.state.joint_states_topic)
+    else:
+        topics.update(spec.state.tf_topics)
+    if spec.instruction.source == "topic":
+        topics.add(spec.instruction.topic)
+    return topics
+
+
+def _check_pass(bag: BagReader | MessageLog, bag_path: Path, keep_damaged: bool) -> None:
+    """After a read pass: a bag that delivered less than it holds for our topics is not used."""
+    if keep_damaged or not isinstance(bag, BagReader):
+        return
+    result = bag.result()
+    if not result.complete:
+        raise EpisodeError(" ".join(result.line().split()))
+
+
 def _read(bag: BagReader, bag_path: Path, episode_id: str, spec: DatasetSpec,
-          metadata: EpisodeMetadata) -> Episode:
+          metadata: EpisodeMetadata, keep_damaged: bool = False) -> Episode:
     dropped: Counter[str] = Counter()
     header_stamps = spec.alignment.stamps == "header"
     image_conn = _connection(bag, spec.image.topic, IMAGE_TYPES, "image")
@@ -487,6 +514,7 @@ def _read(bag: BagReader, bag_path: Path, episode_id: str, spec: DatasetSpec,
                 grippers.add(stamp, value)
         elif text_conn is not None and topic == text_conn.topic:
             texts.add(stamp, str(msg.data))
+    _check_pass(bag, bag_path, keep_damaged)
     if frame_mismatch and not len(poses):
         raise EpisodeError(f"{bag_path}: every EE pose on {spec.state.topic} is in another frame than "
                            f"base_frame {spec.base_frame!r}")
@@ -557,6 +585,7 @@ def _read(bag: BagReader, bag_path: Path, episode_id: str, spec: DatasetSpec,
             if dropped["bad_image"] == 1:
                 notes.append(f"first undecodable frame: {' '.join(str(err).split())}")
 
+    _check_pass(bag, bag_path, keep_damaged)
     kept = [s for s in steps if s[0] in frames]
     if not kept:
         raise EpisodeError(f"{bag_path}: no frame decodes ({dropped['bad_image']} tried)")

@@ -14,7 +14,15 @@ from magma_ros.conventions import EpisodeMetadata, integrate_steps, quat_from_ro
 from magma_ros.image_codec import resize_frame
 from magma_ros.training.episodes import EpisodeError, find_bags, read_episode
 from magma_ros.training.spec import DatasetSpec
-from tests.bag_fixtures import write_records, write_split_bag
+from tests.bag_fixtures import (
+    add_chunk_crcs,
+    flip,
+    mcap_chunks,
+    storage_file,
+    write_records,
+    write_service_event_bag,
+    write_split_bag,
+)
 
 TS = typestore_for("kilted")
 T = TS.types
@@ -255,3 +263,18 @@ def test_bool_and_float_gripper_topics(tmp_path: Path) -> None:
     episode = read_episode(bag, spec(gripper={"source": "float", "topic": "/grip_f", "open_position": 0.0,
                                               "closed_position": 0.8}))
     np.testing.assert_array_equal(episode.actions[:, 6], [1.0] * 5 + [0.0] * 5 + [1.0] * 5 + [0.0] * 5)
+
+
+def test_undecodable_streams_we_do_not_need_are_skipped_but_damage_refuses_the_episode(tmp_path: Path) -> None:
+    recs = records()
+    reference = read_episode(write_bag(tmp_path / "ref", recs), spec())
+    # Service events (a Jazzy-era bag) are skipped by the reader; the episode is built all the same.
+    events = read_episode(write_service_event_bag(tmp_path / "events", recs), spec())
+    np.testing.assert_array_equal(events.actions, reference.actions)
+    # A chunk whose checksum fails is found only while reading: a short read is never used.
+    damaged = write_records(tmp_path / "damaged", recs)
+    add_chunk_crcs(storage_file(damaged))
+    (chunk, *_) = mcap_chunks(storage_file(damaged))
+    flip(storage_file(damaged), chunk.data_offset + chunk.data_size // 2, 0x40)
+    with pytest.raises(EpisodeError, match=r"unreadable: .*damaged \(Chunk checksum mismatch\.\)"):
+        read_episode(damaged, spec())
