@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from magma_ros.codecs import ActionStatistics
-from magma_ros.model import build_tiny_model, load_checkpoint, save_checkpoint
+from magma_ros.model import GenerationError, build_tiny_model, load_checkpoint, save_checkpoint
 from magma_ros.model.finetune import SupervisedExample, fit
 from magma_ros.model.policy import MagmaPolicy
 from magma_ros.training.collate import DataSource
@@ -90,15 +90,19 @@ def _tensors(directory: Path) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if "rotary" not in k}
 
 
+@pytest.mark.slow
 def test_loaded_checkpoint_is_trainable(base_checkpoint):
     frozen = load_checkpoint(base_checkpoint)
     assert not any(p.requires_grad for p in frozen.model.parameters()) and not frozen.model.training
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    example = SupervisedExample(image, "What is in the image?", "the red block")
+    with pytest.raises(GenerationError, match="trainable=True"):
+        fit(MagmaPolicy(frozen.model, frozen.tokenizer, frozen.preprocessor), [example], steps=1)
     loaded = load_checkpoint(base_checkpoint, trainable=True)
     assert all(p.requires_grad for p in loaded.model.parameters()) and loaded.model.training
     # the single-example fit() of finetune works on a loaded checkpoint (it failed with 0 parameters)
     policy = MagmaPolicy(loaded.model, loaded.tokenizer, loaded.preprocessor)
-    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    losses = fit(policy, [SupervisedExample(image, "What is in the image?", "the red block")], steps=4, lr=3e-3)
+    losses = fit(policy, [example], steps=4, lr=3e-3)
     assert losses[-1] < losses[0]
 
 
