@@ -126,7 +126,8 @@ def _closed_loop_trajectory(graph: RosGraph, checkpoint: Path, policy_params: di
 
     bringup = load_bringup(REPO / "config" / "bringup" / "sim.yaml")
     extra = synchronous_loop_overrides(str(checkpoint))
-    extra["magma_policy_node"].update(policy_params)
+    # the built-in statistics set: the tiny checkpoint has no dataset_statistics.json of its own
+    extra["magma_policy_node"].update({"statistics": "bridge_orig", **policy_params})
     for launch in bringup.nodes:
         overrides = [Parameter(k, value=v) for k, v in {**launch.overrides, **extra.get(launch.executable, {})}.items()]
         graph.add(node_class(launch.executable)(context=graph.context, cli_args=launch.ros_args(),
