@@ -1,7 +1,7 @@
 """Training step time per batch size (magma-tiny, full fine-tuning and LoRA).
 
     .venv/bin/python bench/train_bench.py [--variant magma-tiny] [--batch-sizes 1 2 4 8]
-        [--frame-size 256] [--steps 5] [--device cpu]
+        [--frame-size 256] [--steps 5] [--device cpu] [--threads N] [--no-lora]
 
 One optimizer step = encode + collate + forward + backward + clip + AdamW, the trainer's own
 ``Trainer.train_step`` on synthetic frames (in memory, no disk reads). Robot frames are resized to
@@ -78,10 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-lora", action="store_true", help="only full fine-tuning")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv if argv is not None else [])   # bench/run.py calls main()
     if args.steps < 1 or min(args.batch_sizes) < 1:
         parser.error("--steps and batch sizes must be >= 1")
     device = resolve_device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"{args.variant}, frames {args.frame_size}px, {device}, {torch.get_num_threads()} threads, "
           f"median of {args.steps} steps (bf16 autocast on CUDA only)")

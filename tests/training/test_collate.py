@@ -50,6 +50,16 @@ def _source(episodes: int = 5, steps: int = 3, traces: int = 1) -> DataSource:
     return DataSource("sim", STATS, records, owners, samples)
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One torch thread: on the shared 2-core box two threads per process are many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def policy() -> MagmaPolicy:
     model, tokenizer = build_tiny_model("magma-tiny", seed=0)

@@ -24,6 +24,15 @@ from magma_ros.training.parallelize import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One torch thread: on the shared 2-core box two threads per process are many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     model, tokenizer = build_tiny_model("magma-tiny", seed=0)

@@ -70,6 +70,16 @@ def small_config(**changes) -> TrainConfig:
     return TrainConfig(**base)
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One torch thread: on the shared 2-core box two threads per process are many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def base_checkpoint(tmp_path_factory) -> Path:
     model, tokenizer = build_tiny_model("magma-tiny", seed=0)
@@ -90,7 +100,6 @@ def _tensors(directory: Path) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if "rotary" not in k}
 
 
-@pytest.mark.slow
 def test_loaded_checkpoint_is_trainable(base_checkpoint):
     frozen = load_checkpoint(base_checkpoint)
     assert not any(p.requires_grad for p in frozen.model.parameters()) and not frozen.model.training
@@ -106,7 +115,6 @@ def test_loaded_checkpoint_is_trainable(base_checkpoint):
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.slow
 def test_full_finetune_from_disk_lowers_held_out_loss_and_exports(base_checkpoint, source, tmp_path):
     trainer = _trainer(small_config(), base_checkpoint, source, tmp_path)
     assert trainer.trainable_params == sum(p.numel() for p in trainer.module.parameters())
@@ -144,7 +152,6 @@ def test_full_finetune_from_disk_lowers_held_out_loss_and_exports(base_checkpoin
     assert (tmp_path / "train_config.yaml").is_file()
 
 
-@pytest.mark.slow
 def test_lora_from_disk_trains_adapters_and_merges_on_export(base_checkpoint, source, tmp_path):
     config = small_config(lora=LoraConfig(rank=4, alpha=8.0), lr=1e-2, steps=6, save_every=6)
     trainer = _trainer(config, base_checkpoint, source, tmp_path)
@@ -166,7 +173,6 @@ def test_lora_from_disk_trains_adapters_and_merges_on_export(base_checkpoint, so
     assert torch.equal(merged[embed], base[embed])                     # frozen stays frozen
 
 
-@pytest.mark.slow
 def test_resumed_run_continues_the_same_curve(base_checkpoint, tmp_path):
     source = synthetic_source(episodes=3, steps=4)
     config = small_config(steps=6, eval_every=100, save_every=100, batch_size=3, eval_generate=0,
