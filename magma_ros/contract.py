@@ -375,8 +375,6 @@ SIM_RESET_SERVICE = "~/reset"   # std_srvs/srv/Trigger (sim_arm_node): new episo
 SIM_PAUSE_SERVICE = "~/pause"   # std_srvs/srv/SetBool (sim_arm_node): true holds sim time, false runs it
 SERVO_PAUSE_SERVICE = "pause_servo"  # std_srvs/srv/SetBool under the Servo node's name (MoveIt Servo's)
 
-SIM_RUNTIME_PARAMETERS = ("seed", "task", "color", "max_steps", "continuous")
-"""sim_arm_node parameters that may change while it runs (read at the next ~/reset)."""
 
 
 @dataclass
@@ -464,3 +462,6 @@ class SimArmParameters(NodeParameters):
 
 
 PARAMETER_CLASSES[SimArmParameters.NODE_NAME] = SimArmParameters
+
+SIM_RUNTIME_PARAMETERS = SimArmParameters.live_parameters()
+"""sim_arm_node parameters that may change while it runs (read at the next ~/reset): its ``live`` fields."""
