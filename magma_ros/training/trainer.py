@@ -471,6 +471,11 @@ class Trainer:
         if self.ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             cfg.save(self.out)
+            # the metrics file is this run's history: a fresh start empties it, a resume keeps
+            # what happened up to the resumed step (not the lines an interrupted run wrote later)
+            with (self.out / METRICS_FILE).open("w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(h) + "\n" for h in self.history
+                              if h.get("kind") == "eval" or h["step"] % cfg.log_every == 0)
         bar = None
         if progress and self.ctx.is_main:
             from tqdm import tqdm

@@ -185,6 +185,9 @@ def test_resumed_run_continues_the_same_curve(base_checkpoint, tmp_path):
     second = resumed.fit(progress=False)
     assert np.allclose(first.losses + second.losses, whole.losses, rtol=0, atol=1e-6), (first.losses, second.losses,
                                                                                         whole.losses)
+    lines = [json.loads(x) for x in (tmp_path / "split" / METRICS_FILE).read_text().splitlines()]
+    assert [x["step"] for x in lines if x["kind"] == "train"] == list(range(1, 7))
+    assert np.allclose([x["loss"] for x in lines if x["kind"] == "train"], whole.losses, atol=1e-6)
     a, b = _tensors(whole.final_dir), _tensors(second.final_dir)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     with pytest.raises(TrainingError, match="different settings"):
