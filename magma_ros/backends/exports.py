@@ -36,6 +36,8 @@ def resolve_export(checkpoint: str | Path, options: BackendOptions, dtype: str =
                 return target, manifest
         from magma_ros.export.onnx_export import export_checkpoint
 
+        if target.is_dir() and any(target.iterdir()) and not (target / MANIFEST).is_file():
+            raise BackendError(f"export_dir {target} holds other files and no export; give an empty or new directory")
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
         say = None if quiet else (lambda msg: print(f"[export] {msg}", file=sys.stderr, flush=True))

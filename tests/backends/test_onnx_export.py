@@ -110,6 +110,12 @@ def test_stale_exports_are_redone_and_bad_directories_named(tiny_pair, tmp_path:
     (first / "export.json").write_text(stale)
     redone, fresh = resolve_export(checkpoint, BackendOptions(export_dir=str(out)), quiet=True)
     assert fresh.fingerprint == manifest.fingerprint and (redone / "prefill.onnx").stat().st_mtime_ns != mtime
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(BackendError, match="holds other files and no export"):
+        resolve_export(checkpoint, BackendOptions(export_dir=str(precious)), quiet=True)
+    assert (precious / "notes.txt").read_text() == "keep me"
     with pytest.raises(BackendError, match="neither a checkpoint"):
         resolve_export(tmp_path, BackendOptions(), quiet=True)
 
