@@ -48,6 +48,7 @@ def _fmt(value: Any, scale: float = 1.0, digits: int = 4) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from magma_ros.backends.options import options_from_args
     from magma_ros.training.offline_eval import OfflineEvalConfig, OfflineEvalError, run_offline_evaluation
 
     try:
@@ -56,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
                                    progress=not args.no_progress)
         result = run_offline_evaluation(args.checkpoint, args.data, args.out, backend=args.backend,
                                         statistics=args.statistics, device=args.device, dtype=args.dtype,
-                                        temperature=args.temperature, config=config)
+                                        temperature=args.temperature, config=config,
+                                        options=options_from_args(args))
     except OfflineEvalError as err:
         print(f"magma-ros evaluate-offline: {err}", file=sys.stderr)
         return 2

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from magma_ros.backends import PolicyBackend, PolicyOutput
+from magma_ros.backends.options import BackendOptions
 from magma_ros.codecs import (
     ACTION_DIM,
     ACTION_DIM_NAMES,
@@ -379,12 +380,13 @@ def _evaluate_traces(backend: PolicyBackend, samples: Sequence[TraceSample], bar
 
 def run_offline_evaluation(checkpoint: str | Path, data: str | Path, out: str | Path, *, backend: str = "torch",
                            statistics: str | None = None, device: str = "cpu", dtype: str = "float32",
-                           temperature: float = 0.0,
-                           config: OfflineEvalConfig | None = None) -> OfflineEvalResult:
+                           temperature: float = 0.0, config: OfflineEvalConfig | None = None,
+                           options: BackendOptions | None = None) -> OfflineEvalResult:
     """Open the dataset, create the backend the policy node would (``create_backend``) and evaluate.
 
     ``statistics``: the set to decode with (default: the dataset's name, which a checkpoint
-    fine-tuned on it carries in its ``dataset_statistics.json``).
+    fine-tuned on it carries in its ``dataset_statistics.json``). ``options``: the compiled-backend
+    options (export dir, execution provider, engine cache...), as the node's parameters give them.
     """
     from magma_ros.backends import BackendError, create_backend
     from magma_ros.training.dataset import TrajectoryDataset
@@ -396,7 +398,7 @@ def run_offline_evaluation(checkpoint: str | Path, data: str | Path, out: str | 
     name = statistics or dataset.name
     try:
         policy = create_backend(backend, checkpoint=str(checkpoint), dtype=dtype, device=device, statistics=name,
-                                temperature=temperature)
+                                temperature=temperature, options=options)
     except BackendError as err:
         hint = "" if statistics else " (pass --statistics NAME to decode with another set, e.g. bridge_orig)"
         raise OfflineEvalError(f"cannot create the {backend} backend: {err}{hint}") from err
