@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ["ROS_DOMAIN_ID"] = os.environ.get("MAGMA_ROS_BENCH_DOMAIN_ID", str(171 + os.getpid() % 25))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as magma-ros sets it (see magma_ros/cli/__init__.py)
 
 from magma_ros.bringup import apply_local_dds_profile  # noqa: E402
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand module (magma_ros.cli.<name>) for each subcommand, in help order
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     from magma_ros.bringup import apply_local_dds_profile
 
     apply_local_dds_profile()
+    # OpenMP threads that spin between parallel regions starve whatever shares the CPU (the sim's
+    # render, the other nodes): on 2 cores a 16 ms model step took 0.6 s. Sleep instead (before torch loads).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -77,6 +77,8 @@ def start_processes(bringup: Bringup, env: dict[str, str] | None = None,
     """Start every node of ``bringup`` in its own process (same ROS domain, same DDS profile)."""
     child_env = dict(os.environ if env is None else env)
     apply_local_dds_profile(child_env)  # camera frames cross processes: bigger shared-memory segments
+    # spinning OpenMP threads in the model's process would take the CPU the sim renders with
+    child_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     processes = []
     try:
         for launch in bringup.nodes:
