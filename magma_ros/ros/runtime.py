@@ -11,6 +11,7 @@ from __future__ import annotations
 import array
 import dataclasses
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -30,6 +31,11 @@ from rclpy.qos import (
 from rclpy.task import Future
 
 from magma_ros.contract import ContractError, NodeParameters, QosName, Topic
+
+# Every node executable (ros2 run / ros2 launch / magma-ros up) imports this before torch: OpenMP
+# worker threads sleep instead of spinning, so a model next to a renderer or another node on a few
+# cores does not lose most of its time to spinning threads (see magma_ros/cli/__init__.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 P = TypeVar("P", bound=NodeParameters)
 LIVE = "settable at run time: validated, then applied by the running node"
