@@ -26,6 +26,7 @@ def main(argv: list[str]) -> int:
         module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
         spec.loader.exec_module(module)  # type: ignore[union-attr]
         start = time.perf_counter()
+        sys.argv = [str(path)]  # each section parses its own (default) options, not run.py's section names
         code = module.main() or 0
         print(f"--- {section}: {time.perf_counter() - start:.1f} s, exit {code}")
         failures += int(code != 0)
