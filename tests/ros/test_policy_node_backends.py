@@ -96,7 +96,8 @@ def test_stale_and_malformed_frames(graph: RosGraph, tiny_checkpoint: Path, expo
         for key, value in bad.items():
             setattr(msg, key, value)
         camera.publish(msg)
-    assert wait_for(lambda: node.counters["rejected"] == 3, 5.0), node.counters
+        # one at a time: the node acts on the newest frame only, so a burst would replace, not reject
+        assert wait_for(lambda i=i: node.counters["rejected"] == i + 1, 5.0), node.counters
     assert predictions == [] and deltas == []
     camera.publish(image(probe, rgb, "good"))
     assert wait_for(lambda: len(deltas) == 1, 30), node.counters
@@ -164,7 +165,7 @@ def test_evaluate_loop_on_onnxruntime_gives_the_torch_trajectory(graph: RosGraph
     """Same seed, greedy decoding, the closed loop `magma-ros evaluate --backend onnxruntime` runs."""
     ort = _closed_loop_trajectory(graph, tiny_checkpoint, {"backend": "onnxruntime", "export_dir": str(export_dir)},
                                   seed=4)
-    assert len(ort) == 5 * 6 + 1 and np.ptp(ort[:, 1:4], axis=0).max() > 0.005
+    assert len(ort) == 5 + 1 and np.ptp(ort[:, 1:4], axis=0).max() > 0.005  # one state per control step
     np.testing.assert_array_equal(ort, torch_trajectory)
 
 
