@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Reproduce the shipped default model (magma_ros/checkpoints/magma-tiny) end to end from nothing,
-# with the training package's commands only:
+# Build the default model (shipped to checkpoints/magma-tiny by the `ship` stage) end to end from
+# nothing, with the training package's commands only. Status and measured results: README.md here
+# (attempt 1 did not succeed in closed loop, so nothing ships yet). Stages:
 #   record (scripted expert, seeds < 5000) -> dataset build -> label-traces -> train -> evaluate.
 #
 #   training/recipes/default_model.sh [OUT]          # OUT defaults to runs/default_model
@@ -13,8 +14,8 @@
 # Threads: one torch intra-op thread (OMP_NUM_THREADS=1). On a shared 2-core machine two threads
 # were up to 20x slower per step (helper H3a measured it); one is also what makes the run
 # bit-reproducible on one machine.
-# Wall time on 2 shared cores (load ~10 from other jobs): record 15 + 20 min, build ~2 min,
-# label ~5 min, train ~30 min, closed-loop evaluation ~25 min (see the model card).
+# Wall time on 2 shared cores (load 2-10 from other jobs), attempt 1: record 15 + 13 min, build 80 s,
+# label 104 s, train 37 min (1500 steps); closed-loop evaluation ~15 s per failed reach episode.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-runs/default_model}
