@@ -24,6 +24,7 @@ from typing import Any
 
 from magma_ros.training.dataset import DatasetWriter, EpisodeEntry, write_episode_file
 from magma_ros.training.episodes import EpisodeError, episode_id_for, find_bags, read_episode
+from magma_ros.training.progress import progress_bar
 from magma_ros.training.records import STATISTICS_FILE, DatasetError
 from magma_ros.training.spec import DatasetSpec
 
@@ -143,7 +144,7 @@ def build_dataset(inputs: Sequence[str | Path], spec: DatasetSpec, out: str | Pa
             continue
         jobs.append(_Job(str(bag.resolve()), episode_id, spec, str(writer.root), keep_damaged))
 
-    bar = _progress(len(jobs), progress)
+    bar = progress_bar(len(jobs), progress, "episode", "dataset build")
     try:
         for outcome in _outcomes(jobs, workers):
             if outcome.entry is None:
@@ -155,12 +156,10 @@ def build_dataset(inputs: Sequence[str | Path], spec: DatasetSpec, out: str | Pa
                 summary.steps += outcome.entry.steps
                 summary.dropped.update(outcome.dropped)
                 summary.warnings.extend(outcome.warnings)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(steps=summary.steps, skipped=len(summary.skipped))
+            bar.update(1)
+            bar.set_postfix(steps=summary.steps, skipped=len(summary.skipped))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     writer.order(order)
     entries = writer.entries
     if entries and (summary.written or not (writer.root / STATISTICS_FILE).is_file()):
@@ -187,9 +186,3 @@ def _outcomes(jobs: list[_Job], workers: int):  # type: ignore[no-untyped-def]
         yield from pool.map(_run, jobs)
 
 
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled or not total:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="episode", desc="dataset build", dynamic_ncols=True)

@@ -48,6 +48,7 @@ from magma_ros.codecs import (
     ActionStatistics,
     CodecError,
 )
+from magma_ros.training.progress import progress_bar
 from magma_ros.training.records import DatasetError, StepRecord, TraceSample
 
 __all__ = [
@@ -195,23 +196,6 @@ def plot_episode(path: Path, episode_id: str, instruction: str, recorded: np.nda
 
 
 # ------------------------------------------------------------------------------ evaluation
-class _NoProgress:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix_str(self, text: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NoProgress()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="query", desc="evaluate-offline", dynamic_ncols=True)
 
 
 def _json_default(value: Any) -> Any:
@@ -269,7 +253,7 @@ def evaluate_offline(backend: PolicyBackend, dataset: Any, out_dir: str | Path,
             if not samples:
                 trace_note = "the dataset has no Trace-of-Mark labels for the evaluated episodes"
 
-    bar = _progress(sum(step_counts) + len(samples), config.progress)
+    bar = progress_bar(sum(step_counts) + len(samples), config.progress, "query", "evaluate-offline")
     started = time.monotonic()
     model_ms: list[float] = []
     rows: dict[str, list[Any]] = {k: [] for k in ("episode", "step", "recorded", "predicted", "valid",

@@ -67,6 +67,7 @@ from magma_ros.codecs import (
     pixel_point_to_grid,
     place_marks_at_points,
 )
+from magma_ros.training.progress import progress_bar
 from magma_ros.training.records import DATASET_FILE, TRACES_DIR, DatasetError, TraceSample
 from magma_ros.training.tracking import (
     PointTracker,
@@ -564,7 +565,7 @@ def label_dataset(root: str | Path, config: TraceLabelConfig | None = None, *, p
         else:
             todo.append(episode_id)
     total = sum(len(window_starts(data.episode_length(e), config)) for e in todo)
-    bar = _progress(total, progress and total > 0)
+    bar = progress_bar(total, progress, "window", "label-traces")
     preview_dir = base / TRACES_DIR / PREVIEW_DIR
     try:
         for episode_id in todo:
@@ -601,17 +602,3 @@ def label_dataset(root: str | Path, config: TraceLabelConfig | None = None, *, p
     return summary
 
 
-class _NoProgress:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NoProgress()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="window", desc="label-traces", dynamic_ncols=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,15 @@ def sim_dataset(recorded_demos: Path, tmp_path_factory: pytest.TempPathFactory) 
     summary = build_dataset([recorded_demos], load_spec(SIM_SPEC), out, progress=False, report=lambda _: None)
     assert not summary.skipped, summary.skipped
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module that trains: on a shared 2-core box two threads per process
+    are many times slower (spinning OpenMP workers), and one thread is bit-reproducible."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -52,12 +52,8 @@ def _source(episodes: int = 5, steps: int = 3, traces: int = 1) -> DataSource:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One torch thread: on the shared 2-core box two threads per process are many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_torch_thread(one_torch_thread: None) -> None:
+    """These modules train: one torch thread (see tests/training/conftest.py)."""
 
 
 @pytest.fixture(scope="module")
