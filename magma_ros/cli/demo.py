@@ -4,7 +4,7 @@ Brings up config/bringup/sim.yaml in this process (sim_arm_node in synchronous m
 magma_policy_node on the embedded default checkpoint, servo_bridge_node), runs a few reach
 and pick episodes on held-out seeds (5000.., never used in training) through it, prints the
 success table and writes the summary JSON, the plot and an animation of the first episode
-with the policy's predicted motion and its Trace-of-Mark traces drawn.
+with the policy's predicted motion (and its Trace-of-Mark traces when the policy queries them) drawn.
 """
 
 from __future__ import annotations
@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nsummary JSON:      {result.summary_json}")
     print(f"plot:              {result.plot}")
     if result.gif is not None:
-        print(f"overlay animation: {result.gif}  (yellow: TCP path, cyan: the policy's predicted motion x5, "
-              "coloured polylines: its Trace-of-Mark traces)")
+        print(f"overlay animation: {result.gif}  (yellow: TCP path, cyan: the policy's predicted motion x5; "
+              "with trace_period_s > 0 also its Trace-of-Mark traces)")
     print(f"wall time:         {time.monotonic() - started:.0f} s")
     return 0
 
