@@ -2,13 +2,15 @@
 
 Resolution order:
 1. ``$MAGMA_ROS_DEFAULT_CHECKPOINT`` when set (any checkpoint directory);
-2. the trained magma-tiny shipped with the package: ``checkpoints/magma-tiny`` next to
-   ``config/`` (installed under share/magma_ros by setup.py and CMakeLists.txt). It is a
-   magma-tiny-sim trained from scratch on scripted-expert demonstrations of the simulated
-   workcell by ``training/recipes/default_model.sh``; its model card (README.md) and
-   ``evaluation.json`` (closed-loop success on held-out seeds) ship beside the weights;
-3. only when that directory is missing (a broken install): an untrained magma-tiny built
-   deterministically (seed 0) into the user cache. It exercises the stack but does nothing useful.
+2. a trained magma-tiny shipped with the package: ``checkpoints/magma-tiny`` next to
+   ``config/``, as written by the ``ship`` stage of ``training/recipes/default_model.sh``
+   (weights, model card README.md and ``evaluation.json``, the closed-loop success on held-out
+   seeds that ``magma-ros demo`` quotes). None ships yet: the recipe's first model did not
+   succeed in closed loop (training/recipes/README.md). Shipping one also needs setup.py and
+   CMakeLists.txt to install ``checkpoints/`` and config/policy_sim.yaml to decode with its
+   statistics (``sim_panda``);
+3. otherwise: an untrained magma-tiny built deterministically (seed 0) into the user cache
+   the first time it is needed. It exercises the whole stack but is not a useful policy.
 """
 
 from __future__ import annotations
