@@ -65,12 +65,11 @@ def run(trials: int, hog_threads: int, source: str = "") -> int:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import TwistStamped
-    from rclpy.executors import MultiThreadedExecutor
 
     from magma_ros import contract
     from magma_ros.contract import ServoBridgeParameters
     from magma_ros.msg import EndEffectorDelta
-    from magma_ros.ros.runtime import qos
+    from magma_ros.ros.runtime import make_executor, qos
 
     defaults = ServoBridgeParameters()
     bound = defaults.watchdog_timeout_s + 1.0 / defaults.stream_rate_hz
@@ -98,7 +97,7 @@ def run(trials: int, hog_threads: int, source: str = "") -> int:
     node.create_subscription(TwistStamped, contract.SERVO_TWIST.name, on_twist, qos(contract.SERVO_TWIST))
     node.create_subscription(DiagnosticArray, contract.DIAGNOSTICS.name, on_diagnostics, qos(contract.DIAGNOSTICS))
     deltas = node.create_publisher(EndEffectorDelta, contract.EE_DELTA.name, qos(contract.EE_DELTA))
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = make_executor(1)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()

@@ -44,7 +44,7 @@ def create_nodes(bringup: Bringup) -> list[Node]:
     return [node_class(n.executable)(cli_args=n.ros_args()) for n in bringup.nodes]
 
 
-def run_bringup(bringup: Bringup, duration_s: float = 0.0, threads: int = 4) -> int:
+def run_bringup(bringup: Bringup, duration_s: float = 0.0, threads: int = 1) -> int:
     """All nodes in this process on one executor, until Ctrl-C (or ``duration_s`` seconds when > 0)."""
     factories = [functools.partial(node_class(n.executable), cli_args=n.ros_args()) for n in bringup.nodes]
     return spin_nodes(factories, args=[], threads=threads, duration_s=duration_s)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -151,9 +151,23 @@ def init_rclpy(args: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
 
-def spin_nodes(factories: Sequence[Callable[[], Node]], args: Sequence[str] | None = None, threads: int = 2,
+def make_executor(threads: int = 1, context: rclpy.Context | None = None) -> Executor:
+    """The executor our nodes spin on: single-threaded unless ``threads`` > 1.
+
+    Every callback of our nodes is short (model inference, rendering and the bridge's stream run on
+    threads of their own), so one thread serves them all. rclpy's multi-threaded executor loops in
+    Python while a ready callback waits for a pool thread; on 2 cores that delayed callbacks by
+    30-160 ms and kept other threads of the process from the GIL for up to 0.5 s
+    (``bench/executor_bench.py`` measures both side by side).
+    """
+    if threads <= 1:
+        return SingleThreadedExecutor(context=context)
+    return MultiThreadedExecutor(num_threads=threads, context=context)
+
+
+def spin_nodes(factories: Sequence[Callable[[], Node]], args: Sequence[str] | None = None, threads: int = 1,
                duration_s: float = 0.0) -> int:
-    """Init rclpy, build the nodes, spin them on one multi-threaded executor, shut down cleanly.
+    """Init rclpy, build the nodes, spin them on one executor (:func:`make_executor`), shut down cleanly.
 
     Runs until Ctrl-C, SIGTERM or external shutdown (exit code 0), or for ``duration_s``
     seconds when > 0. A node that fails to construct (bad parameters) ends it with 1.
@@ -161,7 +175,7 @@ def spin_nodes(factories: Sequence[Callable[[], Node]], args: Sequence[str] | No
     """
     init_rclpy(args)
     nodes: list[Node] = []
-    executor = MultiThreadedExecutor(num_threads=threads)
+    executor = make_executor(threads)
     try:
         for factory in factories:
             nodes.append(factory())
@@ -186,7 +200,7 @@ def spin_nodes(factories: Sequence[Callable[[], Node]], args: Sequence[str] | No
     return 0
 
 
-def run_node(factory: Callable[..., Node], args: Sequence[str] | None = None, threads: int = 2) -> int:
+def run_node(factory: Callable[..., Node], args: Sequence[str] | None = None, threads: int = 1) -> int:
     """The ``main()`` of every node executable: :func:`spin_nodes` with one node."""
     return spin_nodes([factory], args, threads)
 

@@ -20,8 +20,11 @@ twists, then silence (Servo halts when its input stops). The checks live in
 * MoveIt extras are used only where importable: Servo's ``~/switch_command_type``
   (moveit_msgs), the GripperCommand action (control_msgs), TF for the EE pose (tf2_ros),
   ``~/go_home`` (moveit_py).
-* Timing: the stream and the watchdog run on their own thread, on the steady clock, so a busy
-  executor (callbacks, parameter and lifecycle services) cannot delay a zero twist; a stop
+* Timing: callbacks run on a single-threaded executor (each is short, and rclpy's multi-threaded
+  executor delayed deltas by 30-160 ms on an idle 2-core machine: see ``runtime.make_executor``);
+  ``~/go_home``, which blocks while MoveIt moves the arm, is served by a hidden companion node on
+  its own thread. The stream and the watchdog run on their own thread, on the steady clock, so a
+  busy executor (callbacks, parameter and lifecycle services) cannot delay a zero twist; a stop
   wakes the thread at once. Where the OS allows, that thread runs SCHED_FIFO
   (``stream_thread_priority``), so CPU-bound neighbours delay it less. It still needs the
   GIL, so the executable also raises its own CPU share (nice -5, where permitted: the threads
@@ -42,10 +45,12 @@ import threading
 import time
 from typing import Any
 
+import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TwistStamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
 from rclpy.subscription import Subscription
 from rclpy.time import Time
 from std_msgs.msg import Bool
@@ -160,13 +165,10 @@ class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
                                                      RejectReason.NON_FINITE)}
         self.timing = {"tick_late_max_ms": 0.0, "publish_max_ms": 0.0, "realtime": 0.0}
         self._last_accepted: float | None = None
-        # In every lifecycle state: the e-stop latch (its own callback group: never queued behind
-        # deltas or poses), its reset, and go_home's answer.
-        self._estop_sub = self.create_subscription(Bool, p.estop_topic, self._on_estop, qos(contract.ESTOP),
-                                                   callback_group=MutuallyExclusiveCallbackGroup())
+        # In every lifecycle state: the e-stop latch, its reset, and go_home's answer.
+        self._estop_sub = self.create_subscription(Bool, p.estop_topic, self._on_estop, qos(contract.ESTOP))
         self._reset_srv = self.create_service(Trigger, contract.RESET_ESTOP_SERVICE, self._on_reset_estop)
-        self._home_srv = self.create_service(Trigger, contract.GO_HOME_SERVICE, self._on_go_home,
-                                             callback_group=MutuallyExclusiveCallbackGroup())
+        self._home_node, self._home_executor = self._start_home_service()
 
     # -- lifecycle -------------------------------------------------------------------
     def setup(self) -> None:
@@ -255,6 +257,30 @@ class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
             super().close()
         except Exception as err:  # the context may already be shut down (Ctrl-C); Servo halts on silence
             self.get_logger().warning(f"could not close cleanly: {err!r}")
+        if getattr(self, "_home_executor", None) is not None:
+            home_node, home_executor, self._home_node, self._home_executor = (self._home_node, self._home_executor,
+                                                                               None, None)
+            with contextlib.suppress(Exception):
+                home_executor.shutdown(timeout_sec=1.0)
+            with contextlib.suppress(Exception):
+                home_node.destroy_node()
+
+    def _start_home_service(self) -> tuple[Node, SingleThreadedExecutor]:
+        """``~/go_home`` on a hidden companion node with its own executor thread: planning and executing
+        a move takes seconds, which must not hold up the bridge's own (single-threaded) executor, where
+        e-stops, poses, parameters and lifecycle requests are handled."""
+        home = rclpy.create_node(f"_{self.get_name()}_home", namespace=self.get_namespace(), context=self.context)
+        home.create_service(Trigger, f"{self.get_fully_qualified_name()}/{contract.GO_HOME_SERVICE[2:]}",
+                            self._on_go_home)
+        executor = SingleThreadedExecutor(context=self.context)
+        executor.add_node(home)
+
+        def spin() -> None:
+            with contextlib.suppress(Exception):  # ends with the executor's shutdown or the context's
+                executor.spin()
+
+        threading.Thread(target=spin, name="servo-bridge-home", daemon=True).start()
+        return home, executor
 
     # -- the stream thread -----------------------------------------------------------
     def _start_stream_thread(self) -> None:

@@ -21,14 +21,13 @@ import rclpy
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.srv import SetParameters
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
 from magma_ros import contract
-from magma_ros.ros.runtime import qos
+from magma_ros.ros.runtime import make_executor, qos
 from magma_ros.sim.session import EpisodeStatus
 
 Progress = Callable[[EpisodeStatus], None]
@@ -182,11 +181,11 @@ class LifecycleClient:
 
 
 class RunningGraph:
-    """Nodes spinning on a multi-threaded executor in a background thread."""
+    """Nodes spinning on one executor (:func:`magma_ros.ros.runtime.make_executor`) in a background thread."""
 
-    def __init__(self, nodes: Sequence[Node], threads: int = 6) -> None:
+    def __init__(self, nodes: Sequence[Node], threads: int = 1) -> None:
         self.nodes = list(nodes)
-        self.executor = MultiThreadedExecutor(num_threads=threads)
+        self.executor = make_executor(threads)
         for node in self.nodes:
             self.executor.add_node(node)
         self._thread = threading.Thread(target=self._spin, name="magma-graph", daemon=True)

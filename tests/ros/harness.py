@@ -15,21 +15,26 @@ from pathlib import Path
 from typing import Any
 
 import rclpy
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 
-from magma_ros.ros.runtime import qos
+from magma_ros.ros.runtime import make_executor, qos
 
 VENV_BIN = Path(sys.executable).parent
 
 
 class RosGraph:
-    """A private rclpy context with an executor spinning in a background thread."""
+    """A private rclpy context with an executor spinning in a background thread.
 
-    def __init__(self, threads: int = 4) -> None:
+    Single-threaded unless ``threads`` > 1: rclpy's multi-threaded executor loops in Python while
+    a callback waits for a pool thread, and on 2 cores that kept the test's own thread from the GIL
+    for up to 0.5 s (a 50 ms sleep returned after 517 ms), so a probe published a fraction of the
+    messages a test meant to send.
+    """
+
+    def __init__(self, threads: int = 1) -> None:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=threads, context=self.context)
+        self.executor = make_executor(threads, self.context)
         self.nodes: list[Node] = []
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
@@ -88,6 +93,17 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
             return True
         time.sleep(interval)
     return predicate()
+
+
+def wait_until_quiet(items: Callable[[], list[Any]], quiet_s: float = 0.3, timeout: float = 5.0) -> list[Any]:
+    """``items()`` once it has stopped growing for ``quiet_s`` (messages already sent, still being delivered)."""
+    deadline = time.monotonic() + timeout
+    count, since = len(items()), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < quiet_s:
+        time.sleep(0.02)
+        if len(items()) != count:
+            count, since = len(items()), time.monotonic()
+    return items()
 
 
 class Process:

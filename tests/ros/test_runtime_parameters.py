@@ -29,10 +29,6 @@ from tests.ros.test_servo_bridge import POSE, Rig, is_zero, stamp_ns
 
 NAME = ServoBridgeParameters.NODE_NAME
 
-BRIDGE_TIMING_XFAIL = pytest.mark.xfail(strict=False, reason=(
-    "issue 10 follow-up: since 00:09 UTC on 2026-12-02 a spawned bridge process on this idle machine receives "
-    "only a few of a burst of deltas (its executor starved ~0.6 s); passed all day under load; cause not found"))
-
 
 def call(probe: Node, srv_type: Any, name: str, request: Any) -> Any:
     client = probe.create_client(srv_type, name)
@@ -101,7 +97,6 @@ def rig(graph: RosGraph) -> Rig:
     return rig
 
 
-@BRIDGE_TIMING_XFAIL
 def test_lower_speed_and_step_caps_bind_the_very_next_twists(rig: Rig) -> None:
     streamer = Streamer(rig)
     try:
@@ -144,7 +139,6 @@ def test_a_lower_acceleration_limit_applies_to_the_ramp_in_flight(rig: Rig) -> N
     assert worst_linear > 0.19 and worst_angular > 0.45  # still ramping, at the new limit
 
 
-@BRIDGE_TIMING_XFAIL
 def test_box_age_period_and_watchdog_limits_apply_from_the_next_command(rig: Rig) -> None:
     x = POSE[0]
     streamer = Streamer(rig)
@@ -225,7 +219,6 @@ def test_the_policy_node_takes_its_instruction_at_run_time(graph: RosGraph) -> N
     assert not result.successful and "must not be empty" in result.reason and node.instruction == "reach the blue cube"
     result = set_parameters(probe, PolicyNodeParameters.NODE_NAME, backend="torch")[0]
     assert not result.successful and "read-only" in result.reason
-
 
 
 def test_a_node_without_live_parameters_refuses_every_change(graph: RosGraph) -> None:

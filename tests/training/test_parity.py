@@ -20,10 +20,6 @@ from magma_ros.training.spec import load_spec
 from tests.ros.harness import RosGraph, wait_for
 from tests.training.conftest import SIM_SPEC
 
-BRIDGE_TIMING_XFAIL = pytest.mark.xfail(strict=False, reason=(
-    "issue 10 follow-up: since 00:09 UTC on 2026-12-02 a spawned bridge process on this idle machine receives "
-    "only a few of a burst of deltas (its executor starved ~0.6 s); passed all day under load; cause not found"))
-
 
 @pytest.mark.slow
 @pytest.mark.flaky(reruns=2, reruns_delay=1)  # camera frames travel best-effort; a loaded box may drop one
@@ -78,7 +74,6 @@ def test_an_episode_seen_live_gives_the_steps_and_labels_of_its_bag(recorded_dem
 
 
 @pytest.mark.slow
-@BRIDGE_TIMING_XFAIL
 def test_the_bridge_executes_each_label_as_the_twist_labels_are_defined_by(sim_dataset: Path) -> None:
     """Dataset labels sent to a live servo_bridge_node (dry run) come out as delta / step period."""
     from geometry_msgs.msg import TwistStamped
