@@ -13,6 +13,7 @@ The TensorRT EP is configured with its engine cache on (``trt_engine_cache_enabl
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,10 @@ class OrtRunner(GraphRunner):
         if self.options.num_threads:
             so.intra_op_num_threads = self.options.num_threads
         so.inter_op_num_threads = 1
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE":
+            # as for torch's OpenMP threads (set in every magma-ros process and node): idle pool threads
+            # sleep instead of spinning, leaving the cores to the renderer and the other nodes
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
         providers = provider_list(self.key, self.device_id, self.options, self.manifest, graph)
         path = self.directory / graph_file(graph)
