@@ -15,6 +15,7 @@ TCP path and the policy's predicted motion drawn over the camera frames.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -133,7 +134,7 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
 
     from magma_ros.bringup import BringupError, load_bringup
     from magma_ros.evaluation import EpisodeOutcome, plot_summary, summary_document, write_json
-    from magma_ros.ros.bringup_runner import create_nodes
+    from magma_ros.ros.bringup_runner import create_nodes, start_processes, stop_processes
     from magma_ros.ros.overlay_recorder import OverlayRecorder
     from magma_ros.ros.sim_episodes import (
         ClosedLoop,
@@ -163,9 +164,24 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
     progress = ProgressLine()
     outcomes: list[EpisodeOutcome] = []
     started = time.monotonic()
-    with ros_session():
-        say(f"starting {', '.join(names.values())} (loading the model)...")
-        nodes = create_nodes(bringup)
+    # Realtime (a real arm's regime): each node in its own process, as ros2 launch and `magma-ros up` run
+    # them; composed in one interpreter, rendering and the model would take turns at the GIL
+    # (bench/realtime_bench.py). Synchronous: one process (deterministic, and the fastest loop).
+    separate = settings.realtime_camera_hz > 0
+    processes: list[Any] = []
+    with ros_session(), contextlib.ExitStack() as cleanup:
+        where = "one process per node" if separate else "this process"
+        say(f"starting {', '.join(names.values())} in {where} (loading the model)...")
+        nodes = []
+        if separate:
+            settings.out.mkdir(parents=True, exist_ok=True)
+            log = cleanup.enter_context(open(settings.out / "nodes.log", "w"))
+            processes = start_processes(bringup, stdout=None if settings.verbose else log.fileno())
+            cleanup.callback(stop_processes, processes)
+            if not settings.verbose:
+                say(f"  node logs: {settings.out / 'nodes.log'}")
+        else:
+            nodes = create_nodes(bringup)
         if not settings.verbose:
             for node in nodes:
                 node.get_logger().set_level(LoggingSeverity.WARN)
@@ -174,7 +190,9 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
         graph = RunningGraph([*nodes, control, frames])
         try:
             loop = ClosedLoop(control, names["sim_arm_node"], names["magma_policy_node"], names["servo_bridge_node"])
-            loop.wait_for_discovery()
+            if not loop.wait_for_discovery(timeout=90.0 if separate else 15.0):
+                raise BringupError("the nodes' topics never connected" + (
+                    f" (see {settings.out / 'nodes.log'})" if separate and not settings.verbose else ""))
             crowded = loop.foreign_publishers()
             if crowded:
                 say(domain_warning(crowded))

@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("bringup", help="bringup description, e.g. config/bringup/synthetic.yaml")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = Ctrl-C)")
     parser.add_argument("--in-process", action="store_true",
-                        help="compose every node in this process on one multi-threaded executor")
+                        help="compose every node in this process on one executor")
     parser.set_defaults(func=run)
 
 
