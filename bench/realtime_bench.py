@@ -33,7 +33,7 @@ from magma_ros.bringup import apply_local_dds_profile  # noqa: E402
 apply_local_dds_profile()
 
 BRINGUP = "config/bringup/sim.yaml"
-WARMUP_S = 12.0
+WARMUP_S = 8.0
 
 
 def realtime_bringup(camera_hz: float):  # type: ignore[no-untyped-def]
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=20.0, help="measurement window after the warm-up")
+    parser.add_argument("--seconds", type=float, default=12.0, help="measurement window after the warm-up")
     parser.add_argument("--camera-hz", type=float, default=30.0, help="the sim camera's rate")
     args = parser.parse_args(argv)
     bringup = realtime_bringup(args.camera_hz)
