@@ -1,16 +1,17 @@
 """`make bench`: run every benchmark section (bench/*_bench.py, each with a main()) in one go.
 
-Ratios between compared variants are measured side by side inside each section, in the
-same run; absolute numbers depend on the machine.
+Each section runs in an interpreter of its own (``python bench/X_bench.py``), so none inherits
+another's threads, memory or DDS participants (a fork after an ONNX Runtime or DDS section once
+killed the dataset section's workers). Ratios between compared variants are measured side by
+side inside each section, in the same run; absolute numbers depend on the machine.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
+import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -28,16 +29,8 @@ def main(argv: list[str]) -> int:
             continue
         print(f"\n=== {section} ({path.name}) ===", flush=True)
         start = time.perf_counter()
-        try:
-            spec = importlib.util.spec_from_file_location(f"bench_{section}", path)
-            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-            spec.loader.exec_module(module)  # type: ignore[union-attr]
-            sys.argv = [str(path)]  # each section parses its own (default) options, not run.py's section names
-            code = module.main() or 0
-        except Exception:  # one broken section is reported; the others still run
-            traceback.print_exc()
-            code = 1
-        print(f"--- {section}: {time.perf_counter() - start:.1f} s, exit {code}")
+        code = subprocess.run([sys.executable, str(path)], cwd=HERE.parent, env=os.environ.copy()).returncode
+        print(f"--- {section}: {time.perf_counter() - start:.1f} s, exit {code}", flush=True)
         failures += int(code != 0)
     return 1 if failures else 0
 

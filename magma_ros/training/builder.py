@@ -13,6 +13,8 @@ statistics are recomputed over every episode of the dataset at the end. ROS-free
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import multiprocessing.context
 import os
 import time
 from collections import Counter
@@ -182,7 +184,23 @@ def _outcomes(jobs: list[_Job], workers: int):  # type: ignore[no-untyped-def]
     import PIL.Image  # noqa: F401
     import pyarrow.parquet  # noqa: F401
 
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs), os.cpu_count() or 1)) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs), os.cpu_count() or 1),
+                             mp_context=_pool_context()) as pool:
         yield from pool.map(_run, jobs)
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """fork while this process has a single thread (fast: the workers inherit the imports); otherwise
+    forkserver. Forking a process whose other threads hold locks (DDS, ONNX Runtime or OpenMP pools,
+    e.g. a program that ran a node or a model first) can kill or hang the workers."""
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+    except OSError:  # not Linux: the platform's default
+        return multiprocessing.get_context()
+    if threads == 1:
+        return multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 

@@ -238,6 +238,34 @@ def test_builder_on_written_bags_ids_workers_spec_changes(tmp_path: Path) -> Non
                       tmp_path / "one", progress=False, report=lambda _: None)
 
 
+def test_builder_workers_start_safely_beside_other_threads(tmp_path: Path) -> None:
+    """With a second thread running (as after a node or a model ran in this process), workers start from a
+    fork server, never by forking this process; the dataset is the one a single process builds."""
+    import threading
+
+    from magma_ros.bags import write_bag
+    from magma_ros.training import builder
+    from tests.training.test_episodes import records, spec
+
+    for folder in ("a", "b"):
+        write_bag(tmp_path / folder / "ep", records())
+    stop = threading.Event()
+    busy = threading.Thread(target=stop.wait, daemon=True)
+    busy.start()
+    try:
+        assert builder._pool_context().get_start_method() == "forkserver"
+        two = builder.build_dataset([tmp_path / "a", tmp_path / "b"], spec(), tmp_path / "two", workers=2,
+                                    progress=False, report=lambda _: None)
+    finally:
+        stop.set()
+        busy.join()
+    one = builder.build_dataset([tmp_path / "a", tmp_path / "b"], spec(), tmp_path / "one", progress=False,
+                                report=lambda _: None)
+    assert two.written == one.written == ["ep", "b_ep"]
+    np.testing.assert_array_equal(TrajectoryDataset(tmp_path / "one").actions(),
+                                  TrajectoryDataset(tmp_path / "two").actions())
+
+
 def test_dataset_info_and_cli_errors(sim_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from magma_ros.cli import main
 
