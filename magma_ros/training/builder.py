@@ -16,6 +16,7 @@ import hashlib
 import multiprocessing
 import multiprocessing.context
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -31,6 +32,9 @@ from magma_ros.training.records import STATISTICS_FILE, DatasetError
 from magma_ros.training.spec import DatasetSpec
 
 __all__ = ["BuildSummary", "build_dataset"]
+
+FORK_UNSAFE_MODULES = ("rclpy", "onnxruntime")
+"""Once imported, the builder starts its workers from a fork server instead of forking this process."""
 
 
 @dataclass
@@ -190,14 +194,12 @@ def _outcomes(jobs: list[_Job], workers: int):  # type: ignore[no-untyped-def]
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
-    """fork while this process has a single thread (fast: the workers inherit the imports); otherwise
-    forkserver. Forking a process whose other threads hold locks (DDS, ONNX Runtime or OpenMP pools,
-    e.g. a program that ran a node or a model first) can kill or hang the workers."""
-    try:
-        threads = len(os.listdir("/proc/self/task"))
-    except OSError:  # not Linux: the platform's default
+    """fork (fast: the workers inherit the imports) unless this process runs libraries whose native
+    threads hold locks across a fork (a DDS participant, ONNX Runtime's pools: e.g. a program that
+    ran a node or a model before building): then a fork server, whose workers never inherit them."""
+    if "fork" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context()
-    if threads == 1:
+    if not any(name in sys.modules for name in FORK_UNSAFE_MODULES):
         return multiprocessing.get_context("fork")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])

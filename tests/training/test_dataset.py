@@ -6,6 +6,7 @@ import json
 import pickle
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -238,27 +239,25 @@ def test_builder_on_written_bags_ids_workers_spec_changes(tmp_path: Path) -> Non
                       tmp_path / "one", progress=False, report=lambda _: None)
 
 
-def test_builder_workers_start_safely_beside_other_threads(tmp_path: Path) -> None:
-    """With a second thread running (as after a node or a model ran in this process), workers start from a
-    fork server, never by forking this process; the dataset is the one a single process builds."""
-    import threading
+def test_builder_workers_start_safely_after_ros_or_onnxruntime(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a process that runs DDS or ONNX Runtime (their threads hold locks across a fork), workers start
+    from a fork server, never by forking this process; the dataset is the one a single process builds."""
+    import types
 
     from magma_ros.bags import write_bag
     from magma_ros.training import builder
     from tests.training.test_episodes import records, spec
 
+    for name in builder.FORK_UNSAFE_MODULES:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert builder._pool_context().get_start_method() == "fork"
+    monkeypatch.setitem(sys.modules, "onnxruntime", types.ModuleType("onnxruntime"))
+    assert builder._pool_context().get_start_method() == "forkserver"
     for folder in ("a", "b"):
         write_bag(tmp_path / folder / "ep", records())
-    stop = threading.Event()
-    busy = threading.Thread(target=stop.wait, daemon=True)
-    busy.start()
-    try:
-        assert builder._pool_context().get_start_method() == "forkserver"
-        two = builder.build_dataset([tmp_path / "a", tmp_path / "b"], spec(), tmp_path / "two", workers=2,
-                                    progress=False, report=lambda _: None)
-    finally:
-        stop.set()
-        busy.join()
+    two = builder.build_dataset([tmp_path / "a", tmp_path / "b"], spec(), tmp_path / "two", workers=2,
+                                progress=False, report=lambda _: None)
     one = builder.build_dataset([tmp_path / "a", tmp_path / "b"], spec(), tmp_path / "one", progress=False,
                                 report=lambda _: None)
     assert two.written == one.written == ["ep", "b_ep"]
