@@ -49,7 +49,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped, TwistStamped
 from rclpy.duration import Duration
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import Executor
 from rclpy.node import Node
 from rclpy.subscription import Subscription
 from rclpy.time import Time
@@ -62,7 +62,7 @@ from magma_ros.codecs import GripperHysteresis
 from magma_ros.contract import ContractError, ServoBridgeParameters
 from magma_ros.conventions import GripperJoints
 from magma_ros.ros.lifecycle_node import ManagedNode, SetupError, ThrottledLog
-from magma_ros.ros.runtime import message_type, qos, run_node
+from magma_ros.ros.runtime import make_executor, message_type, qos, run_node
 from magma_ros.safety import (
     ZERO,
     AccelerationLimit,
@@ -265,14 +265,14 @@ class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
             with contextlib.suppress(Exception):
                 home_node.destroy_node()
 
-    def _start_home_service(self) -> tuple[Node, SingleThreadedExecutor]:
+    def _start_home_service(self) -> tuple[Node, Executor]:
         """``~/go_home`` on a hidden companion node with its own executor thread: planning and executing
         a move takes seconds, which must not hold up the bridge's own (single-threaded) executor, where
         e-stops, poses, parameters and lifecycle requests are handled."""
         home = rclpy.create_node(f"_{self.get_name()}_home", namespace=self.get_namespace(), context=self.context)
         home.create_service(Trigger, f"{self.get_fully_qualified_name()}/{contract.GO_HOME_SERVICE[2:]}",
                             self._on_go_home)
-        executor = SingleThreadedExecutor(context=self.context)
+        executor = make_executor(1, self.context)
         executor.add_node(home)
 
         def spin() -> None:
