@@ -173,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = synchronous_loop_overrides()
     if args.render_detail:
         overrides["sim_arm_node"]["render_detail"] = args.render_detail
-    bringup = dataclasses.replace(bringup, nodes=tuple(
-        dataclasses.replace(n, overrides={**n.overrides, **overrides.get(n.executable, {})}) for n in bringup.nodes))
+    bringup = bringup.with_overrides(overrides)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"synchronous closed loop, {TASK} seed {SEED}, {args.steps} steps per loop, {BRINGUP}; "
           f"{os.cpu_count()} CPUs, load average {load:.1f} at start (other work on the machine slows every row)")

@@ -37,8 +37,6 @@ WARMUP_S = 8.0
 
 
 def realtime_bringup(camera_hz: float):  # type: ignore[no-untyped-def]
-    import dataclasses
-
     from magma_ros.bringup import load_bringup
 
     bringup = load_bringup(REPO / BRINGUP)
@@ -46,8 +44,7 @@ def realtime_bringup(camera_hz: float):  # type: ignore[no-untyped-def]
                                   "continuous": True, "start_paused": False, "diagnostics_period_s": 1.0},
                  "magma_policy_node": {"autostart": True, "diagnostics_period_s": 1.0},
                  "servo_bridge_node": {"autostart": True, "diagnostics_period_s": 1.0}}
-    return dataclasses.replace(bringup, nodes=tuple(
-        dataclasses.replace(n, overrides={**n.overrides, **overrides.get(n.executable, {})}) for n in bringup.nodes))
+    return bringup.with_overrides(overrides)
 
 
 class Diagnostics:

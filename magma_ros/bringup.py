@@ -19,9 +19,10 @@ Format::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,11 @@ class Bringup:
     source: Path
     description: str
     nodes: tuple[NodeLaunch, ...]
+
+    def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> Bringup:
+        """The same bringup with extra parameter overrides per executable (they win over the node's own)."""
+        return dataclasses.replace(self, nodes=tuple(
+            dataclasses.replace(n, overrides={**n.overrides, **overrides.get(n.executable, {})}) for n in self.nodes))
 
 
 def package_root() -> Path:

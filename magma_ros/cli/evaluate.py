@@ -159,8 +159,7 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
         overrides["magma_policy_node"]["control_rate_hz"] = 0.0
     if settings.backend_params:
         overrides["magma_policy_node"] = {**overrides.get("magma_policy_node", {}), **settings.backend_params}
-    bringup = dataclasses.replace(bringup, nodes=tuple(
-        dataclasses.replace(n, overrides={**n.overrides, **overrides.get(n.executable, {})}) for n in bringup.nodes))
+    bringup = bringup.with_overrides(overrides)
     progress = ProgressLine()
     outcomes: list[EpisodeOutcome] = []
     started = time.monotonic()
@@ -168,7 +167,6 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
     # them; composed in one interpreter, rendering and the model would take turns at the GIL
     # (bench/realtime_bench.py). Synchronous: one process (deterministic, and the fastest loop).
     separate = settings.realtime_camera_hz > 0
-    processes: list[Any] = []
     with ros_session(), contextlib.ExitStack() as cleanup:
         where = "one process per node" if separate else "this process"
         say(f"starting {', '.join(names.values())} in {where} (loading the model)...")
