@@ -2,7 +2,7 @@
 
 Every dataclass checks itself in ``__post_init__`` and raises :class:`ConfigError` naming
 the bad value. Defaults describe the standard workcell: a Franka Panda on a table, three
-4.5 cm cubes, a 320x240 third-person RGB-D camera, Servo limits as MoveIt's defaults.
+5.5 cm cubes, a 320x240 third-person RGB-D camera, Servo limits as MoveIt's defaults.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ class SceneConfig:
         colors: the cube colours, one cube each (names from :data:`CUBE_COLORS`).
     """
 
-    cube_size: float = 0.045
+    cube_size: float = 0.055
     cube_mass: float = 0.1
     cube_friction: float = 1.0
     region_min: tuple[float, float] = (0.35, -0.2)

@@ -43,7 +43,7 @@ class ExpertConfig:
     yaw_tolerance: float = 0.05
     close_steps: int = 5
     open_width: float = 0.08
-    cube_size: float = 0.045
+    cube_size: float = 0.055
 
     def __post_init__(self) -> None:
         for name in (

@@ -99,16 +99,26 @@ def split_episodes(sources: Sequence[DataSource], eval_fraction: float, seed: in
     return Pool(tuple(train_a), tuple(train_t)), Pool(tuple(held_a), tuple(held_t))
 
 
-def sample_refs(pool: Pool, step: int, count: int, tom_ratio: float, seed: int) -> list[ExampleRef]:
+def sample_refs(pool: Pool, step: int, count: int, tom_ratio: float, seed: int,
+                mixing: str = "example") -> list[ExampleRef]:
     """The ``count`` examples of optimizer step ``step`` (with replacement, seeded by
-    ``(seed, step)``): each is a ToM example with probability ``tom_ratio`` when the pool has
-    any, else an action example. Independent of how many processes share them."""
+    ``(seed, step)``): a ToM example with probability ``tom_ratio`` when the pool has any, else
+    an action example. ``mixing="example"`` draws the kind for each example, ``"step"`` once
+    for the whole step (a batch of one kind: no action prompt padded to a ToM answer's length).
+    Independent of how many processes share them."""
+    if not pool.actions and not pool.toms:
+        raise TrainingDataError("cannot sample from an empty pool")
+    if mixing not in ("example", "step"):
+        raise ValueError(f"mixing must be 'example' or 'step', got {mixing!r}")
     rng = np.random.default_rng([seed, step, 7])
+
+    def draw_kind() -> bool:
+        return bool(pool.toms) and (not pool.actions or rng.random() < tom_ratio)
+
+    step_is_tom = draw_kind() if mixing == "step" else False
     out = []
     for _ in range(count):
-        use_tom = bool(pool.toms) and (not pool.actions or rng.random() < tom_ratio)
-        if not pool.actions and not pool.toms:
-            raise TrainingDataError("cannot sample from an empty pool")
+        use_tom = step_is_tom if mixing == "step" else draw_kind()
         items = pool.toms if use_tom else pool.actions
         out.append(items[int(rng.integers(len(items)))])
     return out

@@ -245,7 +245,8 @@ class Trainer:
     # -- one optimizer step ------------------------------------------------------------------
     def _micro_batches(self, step: int) -> list[tuple[list[ExampleRef], list[int]]]:
         cfg, world, rank = self.config, self.ctx.world_size, self.ctx.rank
-        refs = sample_refs(self.train_pool, step, cfg.batch_size * world * cfg.grad_accum, cfg.tom_ratio, cfg.seed)
+        refs = sample_refs(self.train_pool, step, cfg.batch_size * world * cfg.grad_accum, cfg.tom_ratio, cfg.seed,
+                           cfg.tom_mixing)
         out = []
         for micro in range(cfg.grad_accum):
             start = (micro * world + rank) * cfg.batch_size
@@ -567,7 +568,7 @@ class Trainer:
             f"- Optimizer: AdamW lr {cfg.lr:g} (warmup {cfg.warmup_steps}, cosine to x{cfg.min_lr_ratio:g}), "
             f"weight decay {cfg.weight_decay:g}, clip {cfg.max_grad_norm:g}; seed {cfg.seed}",
             f"- Trainable parameters: {self.trainable_params:,}",
-            f"- Prompt mix: ToM ratio {cfg.tom_ratio:g}; action frames resized to {cfg.action_frame_size}",
+            f"- Prompt mix: ToM ratio {cfg.tom_ratio:g} (drawn per {cfg.tom_mixing}); action frames resized to {cfg.action_frame_size}",
             "", "## Data", "",
         ]
         for i, source in enumerate(self.sources):

@@ -148,6 +148,19 @@ def test_sampling_is_seeded_and_mixes_at_the_configured_ratio(source):
     assert len(eval_refs(train, 3)) == 3 + 3
 
 
+def test_step_mixing_gives_batches_of_one_kind_at_the_configured_ratio(source):
+    train, _ = split_episodes([source], 0.2, seed=0)
+    batches = [sample_refs(train, step, 8, 0.25, seed=1, mixing="step") for step in range(400)]
+    kinds = [{r.kind for r in batch} for batch in batches]
+    assert all(len(k) == 1 for k in kinds)
+    share = sum(k == {TOM} for k in kinds) / len(kinds)
+    assert 0.19 < share < 0.31, share
+    assert batches[7] == sample_refs(train, 7, 8, 0.25, seed=1, mixing="step")
+    assert all(r.kind == ACTION for r in sample_refs(train, 0, 50, 0.0, 1, mixing="step"))
+    with pytest.raises(ValueError, match="mixing"):
+        sample_refs(train, 0, 8, 0.25, seed=1, mixing="batch")
+
+
 def test_augmentation_is_seeded_and_off_by_default(policy, source):
     image = source.steps[0].image
     config = AugmentConfig(enabled=True)

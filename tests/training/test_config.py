@@ -41,6 +41,7 @@ def test_saved_config_reads_back_equal(tmp_path):
     ({"lr": -1.0}, "lr: must be > 0"),
     ({"batch_size": True}, "batch_size"),
     ({"tom_ratio": 1.5}, "tom_ratio"),
+    ({"tom_mixing": "batch"}, "tom_mixing"),
     ({"precision": "fp8"}, "precision"),
     ({"parallel": "zero3"}, "parallel"),
     ({"lora": {"rank": 0}}, "lora.rank"),

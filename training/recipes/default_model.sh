@@ -7,7 +7,7 @@
 #   training/recipes/default_model.sh [OUT]          # OUT defaults to runs/default_model
 #   STAGES="record build label train" training/recipes/default_model.sh /tmp/repro   # a subset
 #
-# Seeds: training demonstrations reach 0..99 and pick 1000..1079; held-out recordings for the
+# Seeds: training demonstrations reach 0..299 and pick 1000..1149; held-out recordings for the
 # offline Trace-of-Mark check reach/pick 6000..6009; closed-loop evaluation reach/pick 5000..5049.
 # No seed >= 5000 is ever recorded for training.
 #
@@ -24,8 +24,8 @@ MAGMA=${MAGMA:-.venv/bin/magma-ros}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 PYTHONHASHSEED=0
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((100 + RANDOM % 100))}
 
-REACH_EPISODES=${REACH_EPISODES:-100}; REACH_SEED=0
-PICK_EPISODES=${PICK_EPISODES:-80}; PICK_SEED=1000
+REACH_EPISODES=${REACH_EPISODES:-300}; REACH_SEED=0
+PICK_EPISODES=${PICK_EPISODES:-150}; PICK_SEED=1000
 VARIANT=magma-tiny-sim
 RECIPE=training/recipes/default_model.yaml
 EVAL_EPISODES=${EVAL_EPISODES:-50}; EVAL_SEED=5000
