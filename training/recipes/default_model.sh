@@ -2,7 +2,8 @@
 # Build the default model (shipped to checkpoints/magma-tiny by the `ship` stage) end to end from
 # nothing, with the training package's commands only. Status and measured results: README.md here
 # (attempt 1 did not succeed in closed loop, so nothing ships yet). Stages:
-#   record (scripted expert, seeds < 5000) -> dataset build -> label-traces -> train -> evaluate.
+#   record (scripted expert, seeds < 5000) -> dataset build -> label-traces -> vision (the vision
+#   tower learns where the cubes and the TCP are: pretrain_vision.py) -> train -> evaluate.
 #
 #   training/recipes/default_model.sh [OUT]          # OUT defaults to runs/default_model
 #   STAGES="record build label train" training/recipes/default_model.sh /tmp/repro   # a subset
@@ -19,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-runs/default_model}
-STAGES=${STAGES:-"record build label train heldout evaluate realtime ship"}
+STAGES=${STAGES:-"record build label vision train heldout evaluate realtime ship"}
 MAGMA=${MAGMA:-.venv/bin/magma-ros}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 PYTHONHASHSEED=0
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((100 + RANDOM % 100))}
@@ -55,9 +56,13 @@ if has label; then
   stamp "label-traces" label
   $MAGMA dataset label-traces "$OUT/data" --window 9 --stride 8 --seed 0 --no-progress --preview 4
 fi
+if has vision; then
+  stamp "vision pretraining (cube and TCP positions from the recorded frames and states)" vision
+  .venv/bin/python training/recipes/pretrain_vision.py "$OUT/data" --out "$OUT/vision" --steps 1500 --batch-size 32 --seed 0
+fi
 if has train; then
-  stamp "train $VARIANT with $RECIPE" train
-  $MAGMA train --init "tiny:$VARIANT" --data "$OUT/data" --out "$OUT/run" --config $RECIPE --parallel none --device cpu --no-progress
+  stamp "train $VARIANT from the vision stage with $RECIPE" train
+  $MAGMA train --checkpoint "$OUT/vision" --data "$OUT/data" --out "$OUT/run" --config $RECIPE --parallel none --device cpu --no-progress
 fi
 if has heldout; then
   # held-out recordings (seeds never trained on) for the offline action and Trace-of-Mark errors

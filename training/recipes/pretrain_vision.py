@@ -1,0 +1,225 @@
+"""Stage 0 of the default model's recipe: teach magma-tiny-sim's vision tower where things are.
+
+usage: python training/recipes/pretrain_vision.py DATASET [DATASET ...] --out CHECKPOINT
+           [--steps 1500] [--batch-size 32] [--every 2] [--seed 0]
+
+Why (training/recipes/README.md, attempts 3-4): trained from scratch on actions alone, the model
+stays at the instruction-conditional mean action and takes nothing from the frames, because the
+part of the image tokens that tells one scene from another is ~1% of their spread. This stage
+gives the vision tower and projector a direct, dense signal first (Magma itself starts from a
+pretrained vision encoder, and its Set-of-Mark pretraining is a grounding objective).
+
+Labels come from the recorded data of a ``sim_panda`` dataset, nothing privileged:
+- each cube's pixel centroid from its colour (the workcell's cubes are pure red, green, blue on
+  a brown table and a grey arm; pixels whose channel dominates the other two);
+- the TCP's pixel position: the recorded end-effector state projected through the workcell's
+  third-person camera (intrinsics from its configuration, pose from urdf/workcell.urdf), scaled
+  to the stored 256x256 frame.
+
+A per-cell head on the projected image tokens (the 8x8 grid the LM sees) learns, for each of the
+four objects, which cell holds it (softmax over the 64 cells) and where inside the cell (offset
+regression). The head is thrown away: the output is magma-tiny-sim (seed 0) with the trained
+vision tower and projector, a checkpoint for ``magma-ros train --checkpoint``. Held-out
+localization error (pixels at 256x256) is printed every 250 steps and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from magma_ros.model import build_tiny_model, save_checkpoint
+from magma_ros.model.modeling import tile_crop_features
+from magma_ros.model.policy import MagmaPolicy
+from magma_ros.sim import THIRD_PERSON_CAMERA
+from magma_ros.sim.camera import CameraIntrinsics
+from magma_ros.sim.description import WorkcellDescription
+from magma_ros.training.dataset import TrajectoryDataset
+
+VARIANT = "magma-tiny-sim"
+OBJECTS = ("red", "green", "blue", "tcp")
+MIN_PIXELS = 8          # fewer visible pixels of a cube's colour: not labelled in that frame
+
+
+def colour_centroid(frame: np.ndarray, colour: str) -> tuple[float, float] | None:
+    """(x, y) pixel centroid of the pixels where ``colour``'s channel dominates, or None."""
+    rgb = frame.astype(np.int32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    if colour == "red":
+        mask = (r > 90) & (r > 2 * g) & (r > 2 * b)
+    elif colour == "green":
+        mask = (g > 60) & (g > 1.6 * r) & (g > 1.6 * b)
+    elif colour == "blue":
+        mask = (b > 90) & (b > 2 * r) & (b > 1.6 * g)
+    else:
+        raise ValueError(f"unknown colour {colour!r}")
+    ys, xs = np.nonzero(mask)
+    if len(xs) < MIN_PIXELS:
+        return None
+    return float(xs.mean()), float(ys.mean())
+
+
+class TcpProjector:
+    """Base-frame points -> pixels of the stored (size x size) frame of the third-person camera."""
+
+    def __init__(self, size: int) -> None:
+        _, optical = WorkcellDescription.load().resolve(THIRD_PERSON_CAMERA.optical_frame)
+        self.world_to_optical = optical.inverse()
+        self.intrinsics = CameraIntrinsics.from_config(THIRD_PERSON_CAMERA)
+        self.scale = np.array([size / self.intrinsics.width, size / self.intrinsics.height])
+
+    def __call__(self, xyz: np.ndarray) -> tuple[float, float]:
+        # the arm's base frame (panda_link0) is the workcell's world frame (urdf/workcell.urdf)
+        uv = self.intrinsics.project(self.world_to_optical.transform_points(np.asarray(xyz)[None])[0])
+        # pixel centres: (u + 0.5) * scale - 0.5 maps the camera's pixel grid onto the resized one
+        return tuple(float(c) for c in (uv + 0.5) * self.scale - 0.5)
+
+
+def load_frames(datasets: list[str], every: int, size: int, processor) -> tuple[torch.Tensor, np.ndarray, np.ndarray, list[str]]:  # type: ignore[no-untyped-def]
+    """Preprocessed pixel values (N, crops, 3, S, S) in float16, labels (N, 4, 2), label mask
+    (N, 4) and the episode id of each frame (for a held-out split by episode)."""
+    project = TcpProjector(size)
+    pixels, labels, known, episodes = [], [], [], []
+    for root in datasets:
+        data = TrajectoryDataset(root)
+        index = 0
+        for episode_id in data.episode_ids:
+            length = data.episode_length(episode_id)
+            for step in range(0, length, every):
+                record = data[index + step]
+                frame = np.asarray(record.image)
+                if frame.shape[:2] != (size, size):
+                    raise SystemExit(f"{root}: frames are {frame.shape[1]}x{frame.shape[0]}, expected {size}x{size}")
+                row, mask = [], []
+                for colour in OBJECTS[:3]:
+                    c = colour_centroid(frame, colour)
+                    row.append(c or (0.0, 0.0))
+                    mask.append(c is not None)
+                u, v = project(np.asarray(record.state[:3]))
+                row.append((u, v))
+                mask.append(0 <= u < size and 0 <= v < size)
+                processed = processor(frame)
+                pixels.append(processed.pixel_values.to(torch.float16))
+                labels.append(row)
+                known.append(mask)
+                episodes.append(f"{root}:{episode_id}")
+            index += length
+    return torch.stack(pixels), np.asarray(labels, np.float32), np.asarray(known, bool), episodes
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("datasets", nargs="+")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--every", type=int, default=2, help="use every N-th step of each episode")
+    parser.add_argument("--held-out", type=float, default=0.05, help="fraction of episodes held out")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    model, tokenizer = build_tiny_model(VARIANT, seed=args.seed)
+    with tempfile.TemporaryDirectory() as tmp:   # the processor exactly as the policy node builds it
+        policy = MagmaPolicy.from_pretrained(save_checkpoint(model, tokenizer, tmp))
+    size = policy.action_frame_size or 256
+    started = time.perf_counter()
+    pixels, labels, known, episodes = load_frames(args.datasets, args.every, size, policy.image_processor)
+    n = len(pixels)
+    rows, cols = policy.image_processor(np.zeros((size, size, 3), np.uint8)).image_size
+    with torch.no_grad():
+        g = model.multi_modal_projector(model.vision_tower(pixels[:1, 0].float())).shape[1]
+    grid = (rows * g, cols * g)
+    cell = size / grid[1], size / grid[0]
+    print(f"{n} frames from {len(set(episodes))} episodes in {time.perf_counter() - started:.0f} s; labelled "
+          + ", ".join(f"{o} {known[:, i].mean():.0%}" for i, o in enumerate(OBJECTS))
+          + f"; grid {grid[0]}x{grid[1]} cells of {cell[0]:.0f} px", flush=True)
+
+    rng = np.random.default_rng(args.seed)
+    names = sorted(set(episodes))
+    held = set(rng.choice(names, max(1, int(len(names) * args.held_out)), replace=False).tolist())
+    is_held = np.array([e in held for e in episodes])
+    train_idx, eval_idx = np.nonzero(~is_held)[0], np.nonzero(is_held)[0]
+
+    vision, projector = model.vision_tower, model.multi_modal_projector
+    hidden = model.config.text.hidden_size
+    head = torch.nn.Linear(hidden, len(OBJECTS) * 3)
+    params = [*vision.parameters(), *projector.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(s, args.steps) / args.steps))))
+    label_t, known_t = torch.from_numpy(labels), torch.from_numpy(known)
+
+    def forward(idx: np.ndarray) -> torch.Tensor:
+        crops = pixels[idx].float()                       # (B, crops, 3, S, S)
+        b, k = crops.shape[:2]
+        feats = projector(vision(crops.flatten(0, 1)))    # (B*crops, g, g, D)
+        tiles = [tile_crop_features(f, rows, cols) for f in feats.split(k)]
+        return head(torch.stack(tiles)).view(b, grid[0], grid[1], len(OBJECTS), 3)
+
+    def losses(out: torch.Tensor, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        lab, ok = label_t[idx], known_t[idx]                 # (B, 4, 2), (B, 4)
+        cx = (lab[..., 0] / cell[1]).clamp(0, grid[1] - 1e-3)
+        cy = (lab[..., 1] / cell[0]).clamp(0, grid[0] - 1e-3)
+        target = cy.long() * grid[1] + cx.long()            # (B, 4) cell index
+        logits = out[..., 0].permute(0, 3, 1, 2).flatten(2)  # (B, 4, cells)
+        ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view_as(target)
+        offsets = torch.sigmoid(out[..., 1:]).permute(0, 3, 1, 2, 4).flatten(2, 3)  # (B, 4, cells, 2)
+        chosen = offsets.gather(2, target[..., None, None].expand(-1, -1, 1, 2))[:, :, 0]
+        frac = torch.stack([cx - cx.floor(), cy - cy.floor()], -1)
+        reg = (chosen - frac).abs().sum(-1)
+        w = ok.float()
+        loss = ((ce + 4.0 * reg) * w).sum() / w.sum().clamp(min=1)
+        # predicted pixel position: the arg-max cell plus its offset
+        best = logits.argmax(-1)
+        off = offsets.gather(2, best[..., None, None].expand(-1, -1, 1, 2))[:, :, 0]
+        px = torch.stack([(best % grid[1] + off[..., 0]) * cell[1], (best // grid[1] + off[..., 1]) * cell[0]], -1)
+        err = (px - lab).norm(dim=-1).masked_fill(~ok, float("nan"))
+        return loss, err
+
+    def evaluate() -> str:
+        vision.eval(), projector.eval()
+        errs = []
+        with torch.no_grad():
+            for start in range(0, len(eval_idx), 64):
+                idx = eval_idx[start:start + 64]
+                errs.append(losses(forward(idx), idx)[1])
+        vision.train(), projector.train()
+        err = torch.cat(errs).numpy()
+        return ", ".join(f"{o} {np.nanmedian(err[:, i]):.1f}" for i, o in enumerate(OBJECTS))
+
+    print(f"held-out median error (px) before training: {evaluate()}", flush=True)
+    history = []
+    t0 = time.perf_counter()
+    for step in range(1, args.steps + 1):
+        idx = rng.choice(train_idx, args.batch_size)
+        loss, _ = losses(forward(idx), idx)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        history.append(loss.item())
+        if step % 250 == 0 or step == args.steps:
+            print(f"step {step}/{args.steps} loss {np.mean(history[-250:]):.3f} "
+                  f"({(time.perf_counter() - t0) / step:.2f} s/step); held-out median error (px): {evaluate()}",
+                  flush=True)
+    model.eval()
+    save_checkpoint(model, tokenizer, args.out)
+    (args.out / "vision_pretraining.json").write_text(json.dumps({
+        "datasets": args.datasets, "frames": n, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+        "seed": args.seed, "held_out_episodes": len(held), "held_out_median_error_px": evaluate(),
+        "loss_every_10": history[::10]}, indent=1))
+    print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
