@@ -99,6 +99,9 @@ class TrainConfig:
     reproducible, resumable at any step and splits the same way over any number of processes.
     Schedule: linear warmup over ``warmup_steps``, then cosine from ``lr`` to ``lr * min_lr_ratio``.
     Held-out split: ``eval_fraction`` of the episodes (at least one when there are two or more).
+    Frozen parameters: ``freeze`` lists module prefixes of the Magma model (``vision_tower``,
+    ``multi_modal_projector``, ``language_model``...) whose weights stay as loaded, e.g. a vision
+    tower pretrained by ``training/recipes/pretrain_vision.py``.
     """
 
     seed: int = 0
@@ -113,6 +116,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     tom_ratio: float = 0.0
     tom_mixing: str = "example"
+    freeze: tuple[str, ...] = ()
     action_frame_size: int = 256
     tom_frame_size: int | None = None
     precision: str = "bf16"
@@ -188,6 +192,10 @@ class TrainConfig:
                 values[name] = None if value in (None, False) else _nested(LoraConfig, value, "lora", source)
             elif name == "augment":
                 values[name] = _nested(AugmentConfig, value, "augment", source)
+            elif name == "freeze":
+                if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+                    raise _fail(source, name, f"expected a list of module prefixes, got {value!r}")
+                values[name] = tuple(value)
             elif name == "betas":
                 if not isinstance(value, (list, tuple)) or len(value) != 2:
                     raise _fail(source, name, f"expected two numbers, got {value!r}")
@@ -216,6 +224,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["betas"] = list(self.betas)
+        out["freeze"] = list(self.freeze)
         if self.lora is not None:
             out["lora"]["target_modules"] = list(self.lora.target_modules)
         return out

@@ -134,6 +134,22 @@ def load_base(checkpoint: str | Path | None, init: str | None, config: TrainConf
     return bundle
 
 
+def freeze_parameters(model: nn.Module, prefixes: Sequence[str]) -> int:
+    """Stop training every parameter whose name starts with one of ``prefixes`` (module paths of
+    the Magma model, e.g. ``vision_tower``); returns how many tensors were frozen. A prefix that
+    names no parameter is an error (a typo would otherwise train what was meant to stay)."""
+    frozen = 0
+    for prefix in prefixes:
+        matched = [p for name, p in model.named_parameters() if name == prefix or name.startswith(prefix + ".")]
+        if not matched:
+            tops = sorted({name.split(".")[0] for name, _ in model.named_parameters()})
+            raise TrainingError(f"freeze: {prefix!r} names no parameter of the model; top-level modules: {tops}")
+        for p in matched:
+            p.requires_grad_(False)
+        frozen += len(matched)
+    return frozen
+
+
 def load_sources(data_dirs: Sequence[str | Path]) -> list[DataSource]:
     """Open each dataset directory (magma_ros.training.dataset layout) with its statistics and
     any Trace-of-Mark samples."""
@@ -193,6 +209,7 @@ class Trainer:
         self.fsdp = config.parallel == "fsdp" or (config.parallel == "auto" and bundle.opened is not None)
         if config.parallel == "none" and self.ctx.world_size > 1:
             raise TrainingError("parallel: none, but started with several processes")
+        freeze_parameters(bundle.model, config.freeze)
         self.module = self._build_module()
         params = [p for p in self.module.parameters() if p.requires_grad]
         if not params:
@@ -568,6 +585,7 @@ class Trainer:
             f"- Optimizer: AdamW lr {cfg.lr:g} (warmup {cfg.warmup_steps}, cosine to x{cfg.min_lr_ratio:g}), "
             f"weight decay {cfg.weight_decay:g}, clip {cfg.max_grad_norm:g}; seed {cfg.seed}",
             f"- Trainable parameters: {self.trainable_params:,}",
+            f"- Frozen: {', '.join(cfg.freeze) or 'nothing'}",
             f"- Prompt mix: ToM ratio {cfg.tom_ratio:g} (drawn per {cfg.tom_mixing}); action frames resized to {cfg.action_frame_size}",
             "", "## Data", "",
         ]

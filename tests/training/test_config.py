@@ -42,6 +42,8 @@ def test_saved_config_reads_back_equal(tmp_path):
     ({"batch_size": True}, "batch_size"),
     ({"tom_ratio": 1.5}, "tom_ratio"),
     ({"tom_mixing": "batch"}, "tom_mixing"),
+    ({"freeze": "vision_tower"}, "freeze"),
+    ({"freeze": [""]}, "freeze"),
     ({"precision": "fp8"}, "precision"),
     ({"parallel": "zero3"}, "parallel"),
     ({"lora": {"rank": 0}}, "lora.rank"),

@@ -148,6 +148,22 @@ def test_full_finetune_from_disk_lowers_held_out_loss_and_exports(base_checkpoin
     assert (tmp_path / "train_config.yaml").is_file()
 
 
+def test_frozen_modules_keep_their_loaded_weights_and_the_rest_trains(base_checkpoint, source, tmp_path):
+    config = small_config(steps=3, eval_every=100, save_every=100, freeze=("vision_tower",))
+    trainer = _trainer(config, base_checkpoint, source, tmp_path)
+    vision = sum(p.numel() for n, p in trainer.module.named_parameters() if ".vision_tower." in f".{n}")
+    assert vision > 0
+    assert trainer.trainable_params == sum(p.numel() for p in trainer.module.parameters()) - vision
+    result = trainer.fit(progress=False)
+    before, after = _tensors(base_checkpoint), _tensors(result.final_dir)
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and not any(k.startswith("vision_tower.") for k in moved)
+    assert any(k.startswith("multi_modal_projector.") for k in moved)
+    assert "Frozen: vision_tower" in (result.final_dir / "README.md").read_text()
+    with pytest.raises(TrainingError, match="'vision_towr' names no parameter"):
+        _trainer(small_config(freeze=("vision_towr",)), base_checkpoint, source, tmp_path / "typo")
+
+
 def test_lora_from_disk_trains_adapters_and_merges_on_export(base_checkpoint, source, tmp_path):
     config = small_config(lora=LoraConfig(rank=4, alpha=8.0), lr=1e-2, steps=6, save_every=6)
     trainer = _trainer(config, base_checkpoint, source, tmp_path)
