@@ -39,6 +39,7 @@ setup(
         *share("launch"),
         *share("config"),
         *share("urdf"),
+        *share("checkpoints"),   # the trained embedded default (training/recipes/default_model.sh ship)
     ],
     entry_points={"console_scripts": [f"{name} = {target}" for name, target in EXECUTABLES.items()]},
     zip_safe=False,

@@ -9,12 +9,9 @@ part of the image tokens that tells one scene from another is ~1% of their sprea
 gives the vision tower and projector a direct, dense signal first (Magma itself starts from a
 pretrained vision encoder, and its Set-of-Mark pretraining is a grounding objective).
 
-Labels come from the recorded data of a ``sim_panda`` dataset, nothing privileged:
-- each cube's pixel centroid from its colour (the workcell's cubes are pure red, green, blue on
-  a brown table and a grey arm; pixels whose channel dominates the other two);
-- the TCP's pixel position: the recorded end-effector state projected through the workcell's
-  third-person camera (intrinsics from its configuration, pose from urdf/workcell.urdf), scaled
-  to the stored 256x256 frame.
+Labels come from the recorded data of a ``sim_panda`` dataset, nothing privileged
+(``magma_ros.training.grounding``): each cube's pixel centroid from its colour, and the TCP's
+pixel position from the recorded end-effector state projected through the workcell's camera.
 
 A per-cell head on the projected image tokens (the 8x8 grid the LM sees) learns, for each of the
 four objects, which cell holds it (softmax over the 64 cells) and where inside the cell (offset
@@ -38,54 +35,16 @@ import torch
 from magma_ros.model import build_tiny_model, save_checkpoint
 from magma_ros.model.modeling import tile_crop_features
 from magma_ros.model.policy import MagmaPolicy
-from magma_ros.sim import THIRD_PERSON_CAMERA
-from magma_ros.sim.camera import CameraIntrinsics
-from magma_ros.sim.description import WorkcellDescription
 from magma_ros.training.dataset import TrajectoryDataset
+from magma_ros.training.grounding import OBJECTS, CameraProjector, frame_labels
 
 VARIANT = "magma-tiny-sim"
-OBJECTS = ("red", "green", "blue", "tcp")
-MIN_PIXELS = 8          # fewer visible pixels of a cube's colour: not labelled in that frame
-
-
-def colour_centroid(frame: np.ndarray, colour: str) -> tuple[float, float] | None:
-    """(x, y) pixel centroid of the pixels where ``colour``'s channel dominates, or None."""
-    rgb = frame.astype(np.int32)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    if colour == "red":
-        mask = (r > 90) & (r > 2 * g) & (r > 2 * b)
-    elif colour == "green":
-        mask = (g > 60) & (g > 1.6 * r) & (g > 1.6 * b)
-    elif colour == "blue":
-        mask = (b > 90) & (b > 2 * r) & (b > 1.6 * g)
-    else:
-        raise ValueError(f"unknown colour {colour!r}")
-    ys, xs = np.nonzero(mask)
-    if len(xs) < MIN_PIXELS:
-        return None
-    return float(xs.mean()), float(ys.mean())
-
-
-class TcpProjector:
-    """Base-frame points -> pixels of the stored (size x size) frame of the third-person camera."""
-
-    def __init__(self, size: int) -> None:
-        _, optical = WorkcellDescription.load().resolve(THIRD_PERSON_CAMERA.optical_frame)
-        self.world_to_optical = optical.inverse()
-        self.intrinsics = CameraIntrinsics.from_config(THIRD_PERSON_CAMERA)
-        self.scale = np.array([size / self.intrinsics.width, size / self.intrinsics.height])
-
-    def __call__(self, xyz: np.ndarray) -> tuple[float, float]:
-        # the arm's base frame (panda_link0) is the workcell's world frame (urdf/workcell.urdf)
-        uv = self.intrinsics.project(self.world_to_optical.transform_points(np.asarray(xyz)[None])[0])
-        # pixel centres: (u + 0.5) * scale - 0.5 maps the camera's pixel grid onto the resized one
-        return tuple(float(c) for c in (uv + 0.5) * self.scale - 0.5)
 
 
 def load_frames(datasets: list[str], every: int, size: int, processor) -> tuple[torch.Tensor, np.ndarray, np.ndarray, list[str]]:  # type: ignore[no-untyped-def]
     """Preprocessed pixel values (N, crops, 3, S, S) in float16, labels (N, 4, 2), label mask
     (N, 4) and the episode id of each frame (for a held-out split by episode)."""
-    project = TcpProjector(size)
+    project = CameraProjector(size)
     pixels, labels, known, episodes = [], [], [], []
     for root in datasets:
         data = TrajectoryDataset(root)
@@ -97,14 +56,7 @@ def load_frames(datasets: list[str], every: int, size: int, processor) -> tuple[
                 frame = np.asarray(record.image)
                 if frame.shape[:2] != (size, size):
                     raise SystemExit(f"{root}: frames are {frame.shape[1]}x{frame.shape[0]}, expected {size}x{size}")
-                row, mask = [], []
-                for colour in OBJECTS[:3]:
-                    c = colour_centroid(frame, colour)
-                    row.append(c or (0.0, 0.0))
-                    mask.append(c is not None)
-                u, v = project(np.asarray(record.state[:3]))
-                row.append((u, v))
-                mask.append(0 <= u < size and 0 <= v < size)
+                row, mask = frame_labels(frame, record.state[:3], project)
                 processed = processor(frame)
                 pixels.append(processed.pixel_values.to(torch.float16))
                 labels.append(row)
