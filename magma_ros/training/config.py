@@ -95,8 +95,9 @@ class TrainConfig:
     probability ``tom_ratio`` (when the data has Trace-of-Mark labels), else an action prompt;
     with ``tom_mixing: step`` the draw is made once per optimizer step instead, so a batch is all
     action or all ToM prompts (ToM answers are ~3x longer: mixed batches pad every action example
-    to the ToM length; on CPU separate batches made a step 3-4x cheaper). Examples are drawn with replacement by a generator seeded with (seed, step), so a run is
-    reproducible, resumable at any step and splits the same way over any number of processes.
+    to the ToM length: on CPU an action example cost ~2x more in a mixed batch). Examples are drawn
+    with replacement by a generator seeded with (seed, step), so a run is reproducible,
+    resumable at any step and splits the same way over any number of processes.
     Schedule: linear warmup over ``warmup_steps``, then cosine from ``lr`` to ``lr * min_lr_ratio``.
     Held-out split: ``eval_fraction`` of the episodes (at least one when there are two or more).
     Frozen parameters: ``freeze`` lists module prefixes of the Magma model (``vision_tower``,

@@ -586,7 +586,8 @@ class Trainer:
             f"weight decay {cfg.weight_decay:g}, clip {cfg.max_grad_norm:g}; seed {cfg.seed}",
             f"- Trainable parameters: {self.trainable_params:,}",
             f"- Frozen: {', '.join(cfg.freeze) or 'nothing'}",
-            f"- Prompt mix: ToM ratio {cfg.tom_ratio:g} (drawn per {cfg.tom_mixing}); action frames resized to {cfg.action_frame_size}",
+            f"- Prompt mix: ToM ratio {cfg.tom_ratio:g} (drawn per {cfg.tom_mixing}); "
+            f"action frames resized to {cfg.action_frame_size}",
             "", "## Data", "",
         ]
         for i, source in enumerate(self.sources):

@@ -52,5 +52,5 @@ def test_missing_or_unknown_colours(cell):
     project = CameraProjector(SIZE)
     assert project([5.0, 0.0, 0.0]) is None            # behind the camera
     assert project([0.4, 3.0, 0.0]) is None            # far outside the view
-    points, known = frame_labels(grey, [0.4, 0.0, 0.3], project)
+    _, known = frame_labels(grey, [0.4, 0.0, 0.3], project)
     assert known.tolist() == [False, False, False, True]

@@ -41,7 +41,8 @@ from magma_ros.training.grounding import OBJECTS, CameraProjector, frame_labels
 VARIANT = "magma-tiny-sim"
 
 
-def load_frames(datasets: list[str], every: int, size: int, processor) -> tuple[torch.Tensor, np.ndarray, np.ndarray, list[str]]:  # type: ignore[no-untyped-def]
+def load_frames(datasets: list[str], every: int, size: int,
+                processor) -> tuple[torch.Tensor, np.ndarray, np.ndarray, list[str]]:  # type: ignore[no-untyped-def]
     """Preprocessed pixel values (N, crops, 3, S, S) in float16, labels (N, 4, 2), label mask
     (N, 4) and the episode id of each frame (for a held-out split by episode)."""
     project = CameraProjector(size)
@@ -102,21 +103,30 @@ def main(argv: list[str]) -> int:
 
     vision, projector = model.vision_tower, model.multi_modal_projector
     hidden = model.config.text.hidden_size
-    head = torch.nn.Linear(hidden, len(OBJECTS) * 3)
+    head = torch.nn.Linear(hidden, len(OBJECTS) * 3 + 2)   # per object: cell logit, offset (2); own cell (2)
     params = [*vision.parameters(), *projector.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(s, args.steps) / args.steps))))
+    def lr_factor(s: int) -> float:   # 100 warm-up steps, then cosine to 5%
+        return min(1.0, (s + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * min(s, args.steps) / args.steps)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     label_t, known_t = torch.from_numpy(labels), torch.from_numpy(known)
 
     def forward(idx: np.ndarray) -> torch.Tensor:
         crops = pixels[idx].float()                       # (B, crops, 3, S, S)
-        b, k = crops.shape[:2]
+        k = crops.shape[1]
         feats = projector(vision(crops.flatten(0, 1)))    # (B*crops, g, g, D)
         tiles = [tile_crop_features(f, rows, cols) for f in feats.split(k)]
-        return head(torch.stack(tiles)).view(b, grid[0], grid[1], len(OBJECTS), 3)
+        return head(torch.stack(tiles))                   # (B, rows, cols, 4 * 3 + 2)
 
-    def losses(out: torch.Tensor, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    own = torch.stack(torch.meshgrid(torch.arange(grid[0]) / (grid[0] - 1), torch.arange(grid[1]) / (grid[1] - 1),
+                                     indexing="ij"), -1)      # (rows, cols, 2): each cell's own place
+
+    def losses(full: torch.Tensor, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        # every token also says where it is itself: the LM's attention then reads a place off the
+        # token it attends to (RoPE gives the LM relative order, not image coordinates)
+        where = (torch.sigmoid(full[..., -2:]) - own).abs().sum(-1).mean()
+        out = full[..., :-2].unflatten(-1, (len(OBJECTS), 3))
         lab, ok = label_t[idx], known_t[idx]                 # (B, 4, 2), (B, 4)
         cx = (lab[..., 0] / cell[1]).clamp(0, grid[1] - 1e-3)
         cy = (lab[..., 1] / cell[0]).clamp(0, grid[0] - 1e-3)
@@ -128,7 +138,7 @@ def main(argv: list[str]) -> int:
         frac = torch.stack([cx - cx.floor(), cy - cy.floor()], -1)
         reg = (chosen - frac).abs().sum(-1)
         w = ok.float()
-        loss = ((ce + 4.0 * reg) * w).sum() / w.sum().clamp(min=1)
+        loss = ((ce + 4.0 * reg) * w).sum() / w.sum().clamp(min=1) + 4.0 * where
         # predicted pixel position: the arg-max cell plus its offset
         best = logits.argmax(-1)
         off = offsets.gather(2, best[..., None, None].expand(-1, -1, 1, 2))[:, :, 0]
