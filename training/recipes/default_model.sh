@@ -58,7 +58,7 @@ if has label; then
 fi
 if has vision; then
   stamp "vision pretraining (cube and TCP positions from the recorded frames and states)" vision
-  .venv/bin/python training/recipes/pretrain_vision.py "$OUT/data" --out "$OUT/vision" --steps 1500 --batch-size 32 --seed 0
+  .venv/bin/python training/recipes/pretrain_vision.py "$OUT/data" --out "$OUT/vision" --steps 1000 --batch-size 32 --seed 0
 fi
 if has train; then
   stamp "train $VARIANT from the vision stage with $RECIPE" train

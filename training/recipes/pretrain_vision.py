@@ -1,7 +1,7 @@
 """Stage 0 of the default model's recipe: teach magma-tiny-sim's vision tower where things are.
 
 usage: python training/recipes/pretrain_vision.py DATASET [DATASET ...] --out CHECKPOINT
-           [--steps 1500] [--batch-size 32] [--every 2] [--seed 0]
+           [--steps 1000] [--batch-size 32] [--every 2] [--seed 0]
 
 Why (training/recipes/README.md, attempts 3-4): trained from scratch on actions alone, the model
 stays at the instruction-conditional mean action and takes nothing from the frames, because the
@@ -71,7 +71,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("datasets", nargs="+")
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--every", type=int, default=2, help="use every N-th step of each episode")
