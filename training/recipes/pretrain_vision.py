@@ -15,7 +15,8 @@ pixel position from the recorded end-effector state projected through the workce
 
 A per-cell head on the projected image tokens (the 8x8 grid the LM sees) learns, for each of the
 four objects, which cell holds it (softmax over the 64 cells) and where inside the cell (offset
-regression). The head is thrown away: the output is magma-tiny-sim (seed 0) with the trained
+regression), and from every token the place of its own cell (so a token the LM attends to
+carries where it is, not only what). The head is thrown away: the output is magma-tiny-sim (seed 0) with the trained
 vision tower and projector, a checkpoint for ``magma-ros train --checkpoint``. Held-out
 localization error (pixels at 256x256) is printed every 250 steps and at the end.
 """
