@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from magma_ros.evaluation import camera_pose_in_base, project
 from magma_ros.sim import THIRD_PERSON_CAMERA
 from magma_ros.sim.camera import CameraIntrinsics
 from magma_ros.sim.config import CameraConfig
@@ -53,25 +54,19 @@ def colour_centroid(frame: NDArray[np.uint8], colour: str) -> tuple[float, float
 class CameraProjector:
     """Base-frame points -> pixel (x, y) in a ``size`` x ``size`` resize of a workcell camera's image."""
 
-    def __init__(self, size: int, camera: CameraConfig = THIRD_PERSON_CAMERA,
+    def __init__(self, size: int, camera: CameraConfig = THIRD_PERSON_CAMERA, base_frame: str = "panda_link0",
                  description: WorkcellDescription | None = None) -> None:
-        description = description if description is not None else WorkcellDescription.load()
-        # the arm's base frame (panda_link0) is the workcell's world frame (urdf/workcell.urdf)
-        _, optical = description.resolve(camera.optical_frame)
-        self.base_to_optical = optical.inverse()
+        self.camera_in_base = camera_pose_in_base(camera.optical_frame, base_frame, description)
         self.intrinsics = CameraIntrinsics.from_config(camera)
         self.scale = np.array([size / self.intrinsics.width, size / self.intrinsics.height])
         self.size = size
 
     def __call__(self, xyz: ArrayLike) -> tuple[float, float] | None:
         """The pixel of a base-frame point, None if it is behind the camera or outside the frame."""
-        optical = self.base_to_optical.transform_points(np.asarray(xyz, dtype=np.float64)[None])[0]
-        if optical[2] <= 0:
-            return None
-        uv = self.intrinsics.project(optical)
+        uv = project(np.asarray(xyz, dtype=np.float64), self.intrinsics.k, self.camera_in_base)[0]
         # pixel centres: camera pixel u covers [u - 0.5, u + 0.5]; resizing scales those edges
         x, y = (uv + 0.5) * self.scale - 0.5
-        if not (0 <= x < self.size and 0 <= y < self.size):
+        if not (0 <= x < self.size and 0 <= y < self.size):   # also False for NaN (behind the camera)
             return None
         return float(x), float(y)
 
