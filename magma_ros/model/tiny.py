@@ -82,6 +82,12 @@ TINY_VARIANTS: dict[str, TinyVariant] = {
         TinyVariant("magma-tiny-sim", vision_depths=(1, 1, 2, 1), vision_dims=(16, 32, 64, 128),
                     img_size=128, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
                     intermediate_size=256),
+        # one 256-px crop: the tower sees the whole robot frame at once (8x8 feature cells whose
+        # receptive fields span most of the image), so a token can carry where things are in the
+        # frame, not only inside its crop (training/recipes/README.md, attempt 5)
+        TinyVariant("magma-tiny-sim256", vision_depths=(1, 1, 2, 1), vision_dims=(16, 32, 64, 128),
+                    img_size=256, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
+                    intermediate_size=256),
     )
 }
 

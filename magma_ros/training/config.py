@@ -103,6 +103,10 @@ class TrainConfig:
     Frozen parameters: ``freeze`` lists module prefixes of the Magma model (``vision_tower``,
     ``multi_modal_projector``, ``language_model``...) whose weights stay as loaded, e.g. a vision
     tower pretrained by ``training/recipes/pretrain_vision.py``.
+    Action loss: ``action_smoothing_bins`` = 0 scores each action token by plain cross-entropy
+    (Magma's); > 0 scores it against a Gaussian over the neighbouring bins with that standard
+    deviation (in bins), so a prediction one bin off costs less than one at the far end of the
+    range (:func:`magma_ros.training.losses.smoothed_answer_loss`). Held-out losses stay plain.
     """
 
     seed: int = 0
@@ -118,6 +122,7 @@ class TrainConfig:
     tom_ratio: float = 0.0
     tom_mixing: str = "example"
     freeze: tuple[str, ...] = ()
+    action_smoothing_bins: float = 0.0
     action_frame_size: int = 256
     tom_frame_size: int | None = None
     precision: str = "bf16"
@@ -159,6 +164,8 @@ class TrainConfig:
                 raise _fail(source, name, f"must be in [{lo}, {hi}], got {value}")
         if self.tom_mixing not in TOM_MIXING:
             raise _fail(source, "tom_mixing", f"must be one of {TOM_MIXING}, got {self.tom_mixing!r}")
+        if not (math.isfinite(self.action_smoothing_bins) and 0.0 <= self.action_smoothing_bins <= 64.0):
+            raise _fail(source, "action_smoothing_bins", f"must be in [0, 64] bins, got {self.action_smoothing_bins}")
         if self.weight_decay < 0 or not math.isfinite(self.weight_decay):
             raise _fail(source, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

@@ -54,6 +54,7 @@ from magma_ros.training.collate import (
     split_episodes,
 )
 from magma_ros.training.config import TrainConfig
+from magma_ros.training.losses import smoothed_answer_loss
 from magma_ros.training.parallelize import (
     DistContext,
     TrainingModule,
@@ -296,8 +297,12 @@ class Trainer:
             context = self.module.no_sync() if not sync else contextlib.nullcontext()
             with context:
                 out = self._forward(batch)
-                (out.loss / cfg.grad_accum).backward()
-            total += out.loss.detach() / cfg.grad_accum
+                loss = out.loss
+                if cfg.action_smoothing_bins > 0:
+                    loss = smoothed_answer_loss(out.logits, out.targets, out.example_index, len(refs),
+                                                self.codec.token_range, cfg.action_smoothing_bins)
+                (loss / cfg.grad_accum).backward()
+            total += loss.detach() / cfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad],
                                                    cfg.max_grad_norm)
         self.optimizer.step()

@@ -1,7 +1,7 @@
 """Stage 0 of the default model's recipe: teach magma-tiny-sim's vision tower where things are.
 
 usage: python training/recipes/pretrain_vision.py DATASET [DATASET ...] --out CHECKPOINT
-           [--steps 1000] [--batch-size 32] [--every 2] [--seed 0]
+           [--steps 1000] [--batch-size 32] [--every 2] [--seed 0] [--variant NAME] [--global-weight W]
 
 Why (training/recipes/README.md, attempts 3-4): trained from scratch on actions alone, the model
 stays at the instruction-conditional mean action and takes nothing from the frames, because the
@@ -16,8 +16,11 @@ pixel position from the recorded end-effector state projected through the workce
 A per-cell head on the projected image tokens (the 8x8 grid the LM sees) learns, for each of the
 four objects, which cell holds it (softmax over the 64 cells) and where inside the cell (offset
 regression), and from every token the place of its own cell (so a token the LM attends to
-carries where it is, not only what). The head is thrown away: the output is magma-tiny-sim (seed 0) with the trained
-vision tower and projector, a checkpoint for ``magma-ros train --checkpoint``. Held-out
+carries where it is, not only what). With ``--global-weight`` (for ``magma-tiny-sim256``, one
+256-px crop whose 8x8 tokens each see most of the frame) every token also regresses every object's
+place in the whole frame, so the LM can read the target's place off any image token. The head
+is thrown away: the output is the variant (seed 0) with the trained vision tower and projector,
+a checkpoint for ``magma-ros train --checkpoint``. Held-out
 localization error (pixels at 256x256) is printed every 250 steps and at the end.
 """
 
@@ -40,6 +43,7 @@ from magma_ros.training.dataset import TrajectoryDataset
 from magma_ros.training.grounding import OBJECTS, CameraProjector, frame_labels
 
 VARIANT = "magma-tiny-sim"
+N_OBJ = len(OBJECTS)
 
 
 def load_frames(datasets: list[str], every: int, size: int,
@@ -78,9 +82,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--every", type=int, default=2, help="use every N-th step of each episode")
     parser.add_argument("--held-out", type=float, default=0.05, help="fraction of episodes held out")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", default=VARIANT, help="magma-tiny variant to start from")
+    parser.add_argument("--global-weight", type=float, default=0.0,
+                        help="weight of the frame-level target: every token regresses every object's place in "
+                             "the frame (for one-crop variants, whose tokens see most of the frame)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    model, tokenizer = build_tiny_model(VARIANT, seed=args.seed)
+    model, tokenizer = build_tiny_model(args.variant, seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp:   # the processor exactly as the policy node builds it
         policy = MagmaPolicy.from_pretrained(save_checkpoint(model, tokenizer, tmp))
     size = policy.action_frame_size or 256
@@ -104,7 +112,8 @@ def main(argv: list[str]) -> int:
 
     vision, projector = model.vision_tower, model.multi_modal_projector
     hidden = model.config.text.hidden_size
-    head = torch.nn.Linear(hidden, len(OBJECTS) * 3 + 2)   # per object: cell logit, offset (2); own cell (2)
+    # per object: cell logit, offset (2); own cell (2); per object: its place in the frame (2)
+    head = torch.nn.Linear(hidden, N_OBJ * 3 + 2 + N_OBJ * 2)
     params = [*vision.parameters(), *projector.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     def lr_factor(s: int) -> float:   # 100 warm-up steps, then cosine to 5%
@@ -118,17 +127,26 @@ def main(argv: list[str]) -> int:
         k = crops.shape[1]
         feats = projector(vision(crops.flatten(0, 1)))    # (B*crops, g, g, D)
         tiles = [tile_crop_features(f, rows, cols) for f in feats.split(k)]
-        return head(torch.stack(tiles))                   # (B, rows, cols, 4 * 3 + 2)
+        return head(torch.stack(tiles))                   # (B, rows, cols, 4 * 3 + 2 + 4 * 2)
 
     own = torch.stack(torch.meshgrid(torch.arange(grid[0]) / (grid[0] - 1), torch.arange(grid[1]) / (grid[1] - 1),
                                      indexing="ij"), -1)      # (rows, cols, 2): each cell's own place
 
-    def losses(full: torch.Tensor, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        # every token also says where it is itself: the LM's attention then reads a place off the
+    def losses(full: torch.Tensor, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        lab, ok = label_t[idx], known_t[idx]                 # (B, 4, 2), (B, 4)
+        # every token also says where every object is in the frame (the LM then needs no attention to
+        # one token to read a place), ...
+        glob = torch.sigmoid(full[..., -2 * N_OBJ:].unflatten(-1, (N_OBJ, 2)))   # (B, rows, cols, 4, 2)
+        glob_px = glob * size
+        glob_err = (glob_px - lab[:, None, None]).norm(dim=-1)                    # (B, rows, cols, 4)
+        w_tok = ok[:, None, None].float()   # summed over the tokens, averaged over frames and objects
+        glob_loss = ((glob - lab[:, None, None] / size).abs().sum(-1) * w_tok).sum() / w_tok.sum().clamp(min=1)
+        glob_err = glob_err.masked_fill(~ok[:, None, None], float("nan")).flatten(1, 2)  # (B, tokens, 4)
+        full = full[..., :-2 * N_OBJ]
+        # ... and where it is itself: the LM's attention then reads a place off the
         # token it attends to (RoPE gives the LM relative order, not image coordinates)
         where = (torch.sigmoid(full[..., -2:]) - own).abs().sum(-1).mean()
-        out = full[..., :-2].unflatten(-1, (len(OBJECTS), 3))
-        lab, ok = label_t[idx], known_t[idx]                 # (B, 4, 2), (B, 4)
+        out = full[..., :-2].unflatten(-1, (N_OBJ, 3))
         cx = (lab[..., 0] / cell[1]).clamp(0, grid[1] - 1e-3)
         cy = (lab[..., 1] / cell[0]).clamp(0, grid[0] - 1e-3)
         target = cy.long() * grid[1] + cx.long()            # (B, 4) cell index
@@ -139,31 +157,37 @@ def main(argv: list[str]) -> int:
         frac = torch.stack([cx - cx.floor(), cy - cy.floor()], -1)
         reg = (chosen - frac).abs().sum(-1)
         w = ok.float()
-        loss = ((ce + 4.0 * reg) * w).sum() / w.sum().clamp(min=1) + 4.0 * where
+        loss = ((ce + 4.0 * reg) * w).sum() / w.sum().clamp(min=1) + 4.0 * where + args.global_weight * glob_loss
         # predicted pixel position: the arg-max cell plus its offset
         best = logits.argmax(-1)
         off = offsets.gather(2, best[..., None, None].expand(-1, -1, 1, 2))[:, :, 0]
         px = torch.stack([(best % grid[1] + off[..., 0]) * cell[1], (best // grid[1] + off[..., 1]) * cell[0]], -1)
         err = (px - lab).norm(dim=-1).masked_fill(~ok, float("nan"))
-        return loss, err
+        return loss, err, glob_err
 
     def evaluate() -> str:
         vision.eval(), projector.eval()
-        errs = []
+        errs, glob = [], []
         with torch.no_grad():
             for start in range(0, len(eval_idx), 64):
                 idx = eval_idx[start:start + 64]
-                errs.append(losses(forward(idx), idx)[1])
+                _, err, glob_err = losses(forward(idx), idx)
+                errs.append(err), glob.append(glob_err)
         vision.train(), projector.train()
-        err = torch.cat(errs).numpy()
-        return ", ".join(f"{o} {np.nanmedian(err[:, i]):.1f}" for i, o in enumerate(OBJECTS))
+        err, g = torch.cat(errs).numpy(), torch.cat(glob).numpy()
+        text = ", ".join(f"{o} {np.nanmedian(err[:, i]):.1f}" for i, o in enumerate(OBJECTS))
+        if args.global_weight > 0:   # median over frames and tokens; the worst tenth of tokens
+            text += "; from every token: " + ", ".join(
+                f"{o} {np.nanmedian(g[..., i]):.1f} (p90 {np.nanpercentile(g[..., i], 90):.1f})"
+                for i, o in enumerate(OBJECTS))
+        return text
 
     print(f"held-out median error (px) before training: {evaluate()}", flush=True)
     history = []
     t0 = time.perf_counter()
     for step in range(1, args.steps + 1):
         idx = rng.choice(train_idx, args.batch_size)
-        loss, _ = losses(forward(idx), idx)
+        loss = losses(forward(idx), idx)[0]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -178,7 +202,8 @@ def main(argv: list[str]) -> int:
     save_checkpoint(model, tokenizer, args.out)
     (args.out / "vision_pretraining.json").write_text(json.dumps({
         "datasets": args.datasets, "frames": n, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-        "seed": args.seed, "held_out_episodes": len(held), "held_out_median_error_px": evaluate(),
+        "seed": args.seed, "variant": args.variant, "global_weight": args.global_weight,
+        "held_out_episodes": len(held), "held_out_median_error_px": evaluate(),
         "loss_every_10": history[::10]}, indent=1))
     print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
     return 0
