@@ -414,9 +414,9 @@ class SimArmParameters(NodeParameters):
     image_height: int = _param(240, "third-person camera height (px)")
     publish_depth: bool = _param(True, "publish aligned depth (32FC1, metres)")
     wrist_camera: bool = _param(False, "also render and publish the wrist camera")
-    render_detail: str = _param("full", "arm meshes the cameras see: full (the published visual meshes) | low "
-                                        "(its collision meshes: about half the render cost; record, train and "
-                                        "evaluate with the same setting)")
+    render_detail: str = _param("low", "arm meshes the cameras see: low (its collision meshes: about half the "
+                                       "render cost) | full (the published visual meshes); record-demos, evaluate "
+                                       "and the demo all use this default: a model sees the arm it was trained on")
     image_topic: str = _param(CAMERA_IMAGE.name, "output: RGB camera (sensor_msgs/Image rgb8)")
     camera_info_topic: str = _param(CAMERA_INFO.name, "output: CameraInfo of the RGB camera")
     depth_topic: str = _param(CAMERA_DEPTH.name, "output: depth aligned to the RGB camera (32FC1, m)")

@@ -92,6 +92,7 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
     started = time.monotonic()
     with ros_session():
         sim = SimArmNode(parameter_overrides=[Parameter(k, value=v) for k, v in sim_parameters.items()])
+        render_detail = sim.params.render_detail   # the look of the arm the frames show (evaluate: the same)
         sim_time = [Parameter("use_sim_time", value=True)]
         expert = ExpertTeleopNode(parameter_overrides=sim_time)
         recorder = DemoRecorder(topics, parameter_overrides=sim_time)
@@ -139,7 +140,8 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
             recorder.stop()
             graph.close()
     successes = sum(row["success"] for row in index)
-    (out / "index.json").write_text(json.dumps({"task": args.task, "seed": args.seed, "episodes": index},
+    (out / "index.json").write_text(json.dumps({"task": args.task, "seed": args.seed,
+                                                "render_detail": render_detail, "episodes": index},
                                                indent=2) + "\n")
     print(f"expert success {successes}/{len(index)}; {time.monotonic() - started:.0f} s; index: {out / 'index.json'}")
     return 0

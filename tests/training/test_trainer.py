@@ -164,6 +164,23 @@ def test_frozen_modules_keep_their_loaded_weights_and_the_rest_trains(base_check
         _trainer(small_config(freeze=("vision_towr",)), base_checkpoint, source, tmp_path / "typo")
 
 
+def test_action_smoothing_scores_the_step_with_the_smoothed_loss(base_checkpoint, source, tmp_path):
+    from magma_ros.training.losses import smoothed_answer_loss
+
+    losses = {}
+    for sigma in (0.0, 8.0):
+        trainer = _trainer(small_config(steps=1, action_smoothing_bins=sigma), base_checkpoint, source,
+                           tmp_path / str(sigma))
+        refs, positions = trainer._micro_batches(0)[0]
+        with torch.no_grad():   # the step's own batch (augmentation is seeded by the step)
+            out = trainer._forward(trainer._batch(refs, positions, 0, augment=True))
+        expected = smoothed_answer_loss(out.logits, out.targets, out.example_index, len(refs),
+                                        trainer.codec.token_range, sigma)
+        losses[sigma] = trainer.train_step()
+        assert losses[sigma] == pytest.approx(float(expected), rel=1e-5)
+    assert losses[8.0] != pytest.approx(losses[0.0], rel=1e-3)   # the smoothed loss is another loss
+
+
 def test_lora_from_disk_trains_adapters_and_merges_on_export(base_checkpoint, source, tmp_path):
     config = small_config(lora=LoraConfig(rank=4, alpha=8.0), lr=1e-2, steps=6, save_every=6)
     trainer = _trainer(config, base_checkpoint, source, tmp_path)
