@@ -31,6 +31,15 @@ def test_wilson_interval_matches_reference_values(k, n, low, high):
     assert wilson_interval(k, n) == pytest.approx((low, high), abs=1e-4)
 
 
+def test_wilson_interval_always_holds_the_observed_rate():
+    # 0/3 once came out with a lower bound of 1e-17 > 0: the summary plot's error bar went negative
+    for n in range(1, 121):
+        for k in range(n + 1):
+            low, high = wilson_interval(k, n)
+            assert 0.0 <= low <= k / n <= high <= 1.0, (k, n, low, high)
+    assert wilson_interval(0, 3)[0] == 0.0 and wilson_interval(3, 3)[1] == 1.0
+
+
 def test_wilson_interval_rejects_impossible_counts():
     for k, n in [(1, 0), (-1, 3), (4, 3)]:
         with pytest.raises(EvaluationError):

@@ -58,11 +58,14 @@ class BackendOptions:
         return tuple(f.name for f in fields(cls))
 
 
-def add_backend_arguments(parser: argparse.ArgumentParser, default_device: str = "cpu") -> None:
-    """``--backend`` and the compiled-backend options, identical on every subcommand."""
+def add_backend_arguments(parser: argparse.ArgumentParser, default_device: str = "cpu",
+                          default_backend: str | None = "torch") -> None:
+    """``--backend`` and the compiled-backend options, identical on every subcommand.
+    ``default_backend=None``: no ``--backend`` leaves the choice to a configuration file."""
     group = parser.add_argument_group("inference backend")
-    group.add_argument("--backend", default="torch", choices=[b for b in BACKENDS if b != "none"],
-                       help="torch (default), onnxruntime or tensorrt")
+    group.add_argument("--backend", default=default_backend, choices=[b for b in BACKENDS if b != "none"],
+                       help="torch, onnxruntime or tensorrt (default: "
+                            + (default_backend or "the policy configuration's backend") + ")")
     group.add_argument("--execution-provider", default="", choices=EXECUTION_PROVIDERS,
                        help="onnxruntime execution provider (default: from --device)")
     group.add_argument("--export-dir", default="", help="ONNX export directory (default: cached export of "

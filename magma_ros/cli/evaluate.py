@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--realtime", type=float, default=0.0, metavar="CAMERA_HZ",
                         help="run the sim in realtime mode (sim time follows the wall clock, like an arm) with "
                              "the camera at CAMERA_HZ; the policy acts on the newest frame (0 = synchronous)")
-    add_backend_arguments(parser)
+    add_backend_arguments(parser, default_backend=None)   # unset: the bringup's policy config decides
     parser.set_defaults(func=run)
 
 
@@ -95,7 +95,8 @@ def backend_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """magma_policy_node parameters from --backend and the compiled-backend options (non-defaults only)."""
     from magma_ros.backends.options import BackendOptions, options_from_args
 
-    params: dict[str, Any] = {"backend": args.backend} if getattr(args, "backend", "torch") != "torch" else {}
+    # --backend given (torch too) overrides the bringup's policy configuration; unset leaves it
+    params: dict[str, Any] = {"backend": args.backend} if getattr(args, "backend", None) else {}
     chosen, default = dataclasses.asdict(options_from_args(args)), dataclasses.asdict(BackendOptions())
     params.update({k: v for k, v in chosen.items() if v != default[k]})
     return params

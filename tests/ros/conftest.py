@@ -29,13 +29,23 @@ def spawn(tmp_path: Path) -> Iterator:
         proc.stop()
 
 
+def _sim_statistics() -> dict:
+    """The sim_panda action statistics config/policy_sim.yaml serves (the shipped default's own), so a
+    test checkpoint runs in the sim bringups like a model trained on the sim's recordings."""
+    import json
+
+    root = Path(__file__).resolve().parents[2]
+    return json.loads((root / "checkpoints" / "magma-tiny" / "dataset_statistics.json").read_text())
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained magma-tiny checkpoint directory (built once per test session)."""
     from magma_ros.model import build_tiny_model, save_checkpoint
 
     model, tokenizer = build_tiny_model("magma-tiny", seed=0)
-    return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("magma_tiny"))
+    return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("magma_tiny"),
+                           dataset_statistics=_sim_statistics())
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +54,8 @@ def slow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from magma_ros.model import build_tiny_model, save_checkpoint
 
     model, tokenizer = build_tiny_model("magma-tiny-512", seed=0)
-    return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("magma_tiny_512"))
+    return save_checkpoint(model, tokenizer, tmp_path_factory.mktemp("magma_tiny_512"),
+                           dataset_statistics=_sim_statistics())
 
 
 TRACE_FRAME_SIZE = (240, 320)   # (height, width) of the frames the trace checkpoint was fitted on

@@ -127,7 +127,7 @@ def _closed_loop_trajectory(graph: RosGraph, checkpoint: Path, policy_params: di
 
     bringup = load_bringup(REPO / "config" / "bringup" / "sim.yaml")
     extra = synchronous_loop_overrides(str(checkpoint))
-    # the built-in statistics set: the tiny checkpoint has no dataset_statistics.json of its own
+    # the built-in statistics set (not the checkpoint's sim_panda): any published set decodes an untrained model
     extra["magma_policy_node"].update({"statistics": "bridge_orig", **policy_params})
     for launch in bringup.nodes:
         overrides = [Parameter(k, value=v) for k, v in {**launch.overrides, **extra.get(launch.executable, {})}.items()]
@@ -178,4 +178,6 @@ def test_evaluate_cli_passes_the_backend_to_the_policy_node() -> None:
     register(parser.add_subparsers())
     args = parser.parse_args(["evaluate", "--backend", "onnxruntime", "--export-dir", "/x", "--num-threads", "1"])
     assert backend_parameters(args) == {"backend": "onnxruntime", "export_dir": "/x", "num_threads": 1}
-    assert backend_parameters(parser.parse_args(["evaluate"])) == {}
+    assert backend_parameters(parser.parse_args(["evaluate"])) == {}   # the bringup's policy config decides
+    # an explicit --backend torch overrides a configuration that says onnxruntime (it used to be dropped)
+    assert backend_parameters(parser.parse_args(["evaluate", "--backend", "torch"])) == {"backend": "torch"}

@@ -99,10 +99,11 @@ def _bringup(tmp_path: Path, policy_overrides: dict) -> Path:
 
 
 def test_a_bringup_that_disagrees_with_its_dataset_spec_is_refused(tmp_path: Path) -> None:
-    # config/policy_sim.yaml serves the published bridge_orig statistics: not what sim_panda was trained with
+    # the published bridge_orig statistics are not what sim_panda was trained with
     with pytest.raises(BringupError, match=r"disagrees with dataset spec .*sim_panda.yaml: policy statistics "
                                            r"'bridge_orig' != dataset name 'sim_panda'"):
-        load_bringup(_bringup(tmp_path, {}))
+        load_bringup(_bringup(tmp_path, {"statistics": "bridge_orig"}))
+    load_bringup(_bringup(tmp_path, {}))   # config/policy_sim.yaml serves sim_panda (the shipped default's)
     with pytest.raises(BringupError, match=r"policy step_period_s 0.2 != the spec's step period 0.1"):
         load_bringup(_bringup(tmp_path, {"statistics": "sim_panda", "step_period_s": 0.2}))
     bringup = load_bringup(_bringup(tmp_path, {"statistics": "sim_panda"}))

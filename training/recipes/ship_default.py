@@ -48,6 +48,7 @@ def _table(summary: dict | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_out", type=Path)
+    parser.add_argument("--notes", type=Path, help="markdown appended to the model card (limitations, provenance)")
     parser.add_argument("--dest", type=Path, default=Path(__file__).resolve().parents[2] / "checkpoints" / "magma-tiny")
     args = parser.parse_args(argv)
     model = args.run_out / "run" / "model"
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     trains = [m for m in metrics if m.get("kind") == "train"]
     timings = (args.run_out / "timings.txt").read_text().strip() if (args.run_out / "timings.txt").is_file() else ""
 
-    description = ("magma-tiny-sim (1.2 M parameters) trained from scratch on scripted-expert demonstrations "
+    description = ("magma-tiny-sim256 (1.2 M parameters) trained on scripted-expert demonstrations "
                    "of this simulated workcell (training/recipes/default_model.sh)")
     evaluation: dict[str, Any] = {"description": description}
     for mode, summary in (("synchronous", sync), ("realtime", realtime)):
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "## Data",
         "",
         "- Recorded with `magma-ros record-demos` (scripted expert through the ROS stack, rosbag2/mcap): "
-        "reach seeds 0..99, pick seeds 1000..1079 (cube layouts and target colours by seed). No seed >= 5000 "
+        "reach seeds 0..299, pick seeds 1000..1149 (cube layouts and target colours by seed). No seed >= 5000 "
         "was recorded for training.",
         f"- Built with `magma-ros dataset build --spec config/datasets/sim_panda.yaml`: {len(episodes)} episodes, "
         f"{steps} steps at 10 Hz, 256x256 frames; `dataset_statistics.json` under the name `sim_panda`.",
@@ -111,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Training",
         "",
-        "`magma-ros train --init tiny:magma-tiny-sim --config training/recipes/default_model.yaml` on CPU, "
-        "one thread (OMP_NUM_THREADS=1), seed 0:",
+        "Two stages on CPU, one thread each (OMP_NUM_THREADS=1), seed 0. First `training/recipes/"
+        "pretrain_vision.py --variant magma-tiny-sim256 --global-weight 8 --steps 3000`: the vision tower and "
+        "projector learn where the three cubes and the TCP are (labels from the recorded frames and states); "
+        "then, with both frozen, `magma-ros train --checkpoint <vision stage> --config "
+        "training/recipes/default_model.yaml` trains the language model on the actions:",
         "",
         "```yaml",
         config.strip(),
@@ -150,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                  "(bench/tracker_bench.py)", ""]
     if timings:
         card += ["## Wall time (2 shared CPU cores)", "", "```", timings, "```", ""]
+    if args.notes:
+        card += [args.notes.read_text().strip(), ""]
     card += ["## Files", "", "safetensors weights, config.json, tokenizer files, preprocessor_config.json, "
              "dataset_statistics.json (`sim_panda`), evaluation.json (what `magma-ros demo` quotes), loss_curve.png.",
              ""]
