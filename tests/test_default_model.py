@@ -99,6 +99,21 @@ def test_ship_default_writes_the_directory_the_default_loads(recipe_run: Path, t
     assert resolve_statistics("sim_panda", dest / "dataset_statistics.json").name == "sim_panda"
 
 
+def test_ship_default_ships_another_run_and_appends_notes(recipe_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    ship = runpy.run_path(str(RECIPES / "ship_default.py"))["main"]
+    shutil.copytree(recipe_run / "run", recipe_run / "polish", dirs_exist_ok=True)
+    (recipe_run / "polish" / "train_config.yaml").write_text("seed: 0\nsteps: 99\n")
+    notes = tmp_path / "notes.md"
+    notes.write_text("## Limitations\n\n- reach only\n")
+    dest = tmp_path / "shipped"
+    assert ship([str(recipe_run), "--run", "polish", "--notes", str(notes), "--dest", str(dest)]) == 0
+    card = (dest / "README.md").read_text()
+    assert "steps: 99" in card and "## Limitations" in card and "- reach only" in card
+    assert card.index("## Limitations") < card.index("## Files")
+
+
 def test_shipped_evaluation_missing_or_broken_is_none(tmp_path: Path) -> None:
     assert shipped_evaluation(tmp_path) is None
     (tmp_path / "evaluation.json").write_text("{not json")

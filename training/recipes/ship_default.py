@@ -1,12 +1,14 @@
 """Copy a trained run into checkpoints/magma-tiny (the embedded default) with its model card.
 
-    .venv/bin/python training/recipes/ship_default.py RUN_OUT [--dest checkpoints/magma-tiny]
+    .venv/bin/python training/recipes/ship_default.py RUN_OUT [--run run] [--notes NOTES.md]
+        [--dest checkpoints/magma-tiny]
 
-RUN_OUT is the directory of training/recipes/default_model.sh: run/model (the exported
-checkpoint), run/metrics.jsonl, data/dataset.json, eval_sync/summary.json, optionally
-eval_realtime/summary.json, offline/summary.json and timings.txt. Writes the weights and their
-files, ``evaluation.json`` (closed-loop success quoted by ``magma-ros demo``), ``loss_curve.png``
-and ``README.md`` (the model card).
+RUN_OUT is the directory of training/recipes/default_model.sh: RUN/model (the exported
+checkpoint; RUN = ``--run``, default ``run``), RUN/metrics.jsonl, RUN/train_config.yaml,
+data/dataset.json, eval_sync/summary.json, optionally eval_realtime/summary.json,
+offline/summary.json and timings.txt. Writes the weights and their files, ``evaluation.json``
+(closed-loop success quoted by ``magma-ros demo``), ``loss_curve.png`` and ``README.md`` (the
+model card; ``--notes`` appends a markdown file to it).
 """
 
 from __future__ import annotations
@@ -48,25 +50,28 @@ def _table(summary: dict | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_out", type=Path)
+    parser.add_argument("--run", default="run", help="the training run under RUN_OUT to ship (its model/, "
+                                                     "metrics.jsonl, train_config.yaml)")
     parser.add_argument("--notes", type=Path, help="markdown appended to the model card (limitations, provenance)")
     parser.add_argument("--dest", type=Path, default=Path(__file__).resolve().parents[2] / "checkpoints" / "magma-tiny")
     args = parser.parse_args(argv)
-    model = args.run_out / "run" / "model"
+    run = args.run_out / args.run
+    model = run / "model"
     size = (model / "model.safetensors").stat().st_size
     if size > MAX_WEIGHTS_BYTES:
         parser.error(f"weights are {size} bytes, over the 20 MB the repository ships")
     args.dest.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:
         shutil.copy2(model / name, args.dest / name)
-    if (args.run_out / "run" / "loss_curve.png").is_file():
-        shutil.copy2(args.run_out / "run" / "loss_curve.png", args.dest / "loss_curve.png")
+    if (run / "loss_curve.png").is_file():
+        shutil.copy2(run / "loss_curve.png", args.dest / "loss_curve.png")
 
     sync = _load(args.run_out / "eval_sync" / "summary.json")
     realtime = _load(args.run_out / "eval_realtime" / "summary.json")
     offline = _load(args.run_out / "offline" / "summary.json")
     dataset = _load(args.run_out / "data" / "dataset.json") or {}
-    config = (args.run_out / "run" / "train_config.yaml").read_text()
-    metrics = [json.loads(line) for line in (args.run_out / "run" / "metrics.jsonl").read_text().splitlines() if line]
+    config = (run / "train_config.yaml").read_text()
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
     evals = [m for m in metrics if m.get("kind") == "eval"]
     trains = [m for m in metrics if m.get("kind") == "train"]
     timings = (args.run_out / "timings.txt").read_text().strip() if (args.run_out / "timings.txt").is_file() else ""
