@@ -117,11 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Training",
         "",
-        "Two stages on CPU, one thread each (OMP_NUM_THREADS=1), seed 0. First `training/recipes/"
+        "Three stages on CPU, one thread each (OMP_NUM_THREADS=1), seed 0. First `training/recipes/"
         "pretrain_vision.py --variant magma-tiny-sim256 --global-weight 8 --steps 3000`: the vision tower and "
         "projector learn where the three cubes and the TCP are (labels from the recorded frames and states); "
         "then, with both frozen, `magma-ros train --checkpoint <vision stage> --config "
-        "training/recipes/default_model.yaml` trains the language model on the actions:",
+        "training/recipes/default_model.yaml` trains the language model on the actions, and the `polish` "
+        "stage continues from that model with `training/recipes/default_model_polish.yaml`. The configuration "
+        f"of the shipped run (`{args.run}`):",
         "",
         "```yaml",
         config.strip(),
