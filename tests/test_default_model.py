@@ -2,8 +2,9 @@
 training/recipes/ship_default.py turns a recipe run into the shipped directory (weights, model
 card, evaluation.json) and how training/recipes/compare_runs.py checks a re-run.
 
-No trained default ships yet (training/recipes/README.md: the first recipe run did not succeed in
-closed loop), so these tests build real tiny checkpoints and run directories in tmp_path."""
+These tests build real tiny checkpoints and run directories in tmp_path, so they hold whether or
+not a trained default ships in checkpoints/magma-tiny (one does since attempt 5 of
+training/recipes/README.md)."""
 
 from __future__ import annotations
 
