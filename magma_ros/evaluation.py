@@ -127,8 +127,8 @@ def plot_summary(outcomes: Sequence[EpisodeOutcome], path: str | Path, title: st
     fig, (rates, steps) = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={"width_ratios": [1, 2]})
     names = list(summaries)
     values = [summaries[n].success_rate for n in names]
-    errors = np.clip(np.array([[summaries[n].success_rate - summaries[n].ci95_low for n in names],
-                               [summaries[n].ci95_high - summaries[n].success_rate for n in names]]), 0.0, None)
+    errors = np.array([[summaries[n].success_rate - summaries[n].ci95_low for n in names],
+                       [summaries[n].ci95_high - summaries[n].success_rate for n in names]])
     rates.bar(names, values, color="#4c72b0", yerr=errors, capsize=6)
     for i, n in enumerate(names):
         rates.text(i, min(values[i] + errors[1][i], 1.0) + 0.03, f"{summaries[n].successes}/{summaries[n].episodes}",

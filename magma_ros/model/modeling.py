@@ -270,15 +270,9 @@ class MagmaForCausalLM(nn.Module):
         logits = head(hidden[scored]).float()
         flat_targets = targets[scored]
         token_loss = nn.functional.cross_entropy(logits, flat_targets, reduction="none")
-        batch = input_ids.shape[0]
-        counts = torch.zeros(batch, device=logits.device).index_add_(0, example_index, torch.ones_like(token_loss))
-        sums = torch.zeros(batch, device=logits.device, dtype=token_loss.dtype).index_add_(0, example_index,
-                                                                                          token_loss)
-        per_example = sums / counts
-        has = counts > 0
-        if not bool(has.any()):
+        if not bool(scored.any()):
             raise GenerationError("labels score no position: every example needs at least one answer token")
-        loss = per_example[has].mean()
+        loss, per_example = mean_over_examples(token_loss, example_index, input_ids.shape[0])
         return BatchOutput(loss, logits, flat_targets, example_index, per_example)
 
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
@@ -288,6 +282,19 @@ class MagmaForCausalLM(nn.Module):
         embeds = self.embed(input_ids, feats)
         out = self.language_model(inputs_embeds=embeds, use_cache=False)
         return out.logits.float()
+
+
+def mean_over_examples(token_loss: torch.Tensor, example_index: torch.Tensor,
+                       batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, per_example): each example's mean over its scored positions (NaN for an example with
+    none, left out of ``loss``) and the mean of those over the examples, so examples weigh the same
+    whatever their answer length. ``token_loss`` and ``example_index``: (N,) per scored position."""
+    counts = torch.zeros(batch_size, device=token_loss.device).index_add_(0, example_index,
+                                                                         torch.ones_like(token_loss))
+    sums = torch.zeros(batch_size, device=token_loss.device, dtype=token_loss.dtype).index_add_(0, example_index,
+                                                                                               token_loss)
+    per_example = sums / counts
+    return per_example[counts > 0].mean(), per_example
 
 
 def tile_crop_features(crop_feats: torch.Tensor, rows: int, cols: int) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from magma_ros.codecs.actions import TokenRange
+from magma_ros.model.modeling import mean_over_examples
 
 
 def smoothed_answer_loss(logits: torch.Tensor, targets: torch.Tensor, example_index: torch.Tensor,
@@ -37,8 +38,4 @@ def smoothed_answer_loss(logits: torch.Tensor, targets: torch.Tensor, example_in
         weights = torch.exp(-0.5 * (distance / sigma_bins) ** 2)
         weights = weights / weights.sum(-1, keepdim=True)
         token_loss = token_loss.masked_scatter(is_action, -(weights * log_probs).sum(-1))
-    counts = torch.zeros(batch_size, device=logits.device).index_add_(0, example_index, torch.ones_like(token_loss))
-    sums = torch.zeros(batch_size, device=logits.device, dtype=token_loss.dtype).index_add_(0, example_index,
-                                                                                          token_loss)
-    has = counts > 0
-    return (sums[has] / counts[has]).mean()
+    return mean_over_examples(token_loss, example_index, batch_size)[0]

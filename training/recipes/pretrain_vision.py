@@ -1,4 +1,4 @@
-"""Stage 0 of the default model's recipe: teach magma-tiny-sim's vision tower where things are.
+"""Stage 0 of the default model's recipe: teach a magma-tiny variant's vision tower where things are.
 
 usage: python training/recipes/pretrain_vision.py DATASET [DATASET ...] --out CHECKPOINT
            [--steps 1000] [--batch-size 32] [--every 2] [--seed 0] [--variant NAME] [--global-weight W]
