@@ -62,6 +62,36 @@ class PolicyOutput:
         return cls(valid=False, error=error, timings=timings, raw_text=raw_text)
 
 
+@dataclass(frozen=True)
+class TraceQuery:
+    """A Trace-of-Mark question about one frame, ready for the model.
+
+    ``image``: the frame the model sees, resized to the policy's robot-frame size (as its
+    training frames were) with the marks drawn; ``marks``: the same marks placed on the
+    original frame (grid cells are fractions of the frame, so they are the same cells);
+    ``question``: the user turn.
+    """
+
+    image: np.ndarray
+    question: str
+    marks: tuple[Mark, ...]
+
+
+def trace_query(rgb: np.ndarray, instruction: str, n_steps: int, mark_grid: tuple[int, int],
+                frame_size: int | None) -> TraceQuery:
+    """Marks on a ``mark_grid`` (rows, cols) with ids in reading order, drawn on ``rgb`` resized to
+    ``frame_size`` squared (no resize for ``None``), and the question about the next ``n_steps``."""
+    from magma_ros.codecs import ImageSize, build_tom_query, draw_marks, place_marks_on_grid
+    from magma_ros.image_codec import resize_frame
+
+    size = ImageSize.of(rgb)
+    frame = resize_frame(rgb, frame_size) if frame_size is not None else rgb
+    shown = place_marks_on_grid(ImageSize.of(frame), *mark_grid, shuffle_ids=False)
+    marks = tuple(Mark.at_grid(m.id, m.grid_x, m.grid_y, size) for m in shown) if frame is not rgb else tuple(shown)
+    question = build_tom_query(instruction, n_steps, mark_ids=[m.id for m in shown])
+    return TraceQuery(draw_marks(frame, shown), question, marks)
+
+
 def output_gripper_command(hysteresis: GripperHysteresis, output: PolicyOutput) -> float:
     """The gripper command (1.0 open, 0.0 closed) the policy node sends for one output.
 

@@ -230,14 +230,16 @@ class CompiledBackend(PolicyBackend):
                             statistics=self.statistics.name, timings=step.timings)
 
     def trace(self, rgb: np.ndarray, instruction: str, n_steps: int) -> PolicyOutput:
-        from magma_ros.codecs import ImageSize, build_tom_query, draw_marks, parse_traces, place_marks_on_grid
+        from magma_ros.backends.base import trace_query
+        from magma_ros.codecs import ImageSize, parse_traces
         from magma_ros.model import MagmaModelError
+        from magma_ros.model.policy import DEFAULT_ACTION_FRAME_SIZE
 
         size = ImageSize.of(rgb)
-        marks = place_marks_on_grid(size, *self.mark_grid, shuffle_ids=False)
-        query = build_tom_query(instruction, n_steps, mark_ids=[m.id for m in marks])
+        query = trace_query(rgb, instruction, n_steps, self.mark_grid, DEFAULT_ACTION_FRAME_SIZE)
+        marks = query.marks
         try:
-            ids, finished, timings = self.policy.generate_text(draw_marks(rgb, marks), query,
+            ids, finished, timings = self.policy.generate_text(query.image, query.question,
                                                                self.trace_max_new_tokens, self.temperature, self.rng)
         except (MagmaModelError, RuntimeError, ValueError) as err:  # runtime errors: one failed frame, not a dead node
             return PolicyOutput.failure(f"model: {err}")

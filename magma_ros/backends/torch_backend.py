@@ -11,15 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from magma_ros.backends.base import BackendError, PolicyBackend, PolicyOutput, StageTimings
+from magma_ros.backends.base import BackendError, PolicyBackend, PolicyOutput, StageTimings, trace_query
 from magma_ros.codecs import (
     ActionCodec,
     ImageSize,
     Mark,
-    build_tom_query,
-    draw_marks,
     parse_traces,
-    place_marks_on_grid,
     resolve_statistics,
 )
 
@@ -86,18 +83,18 @@ class TorchBackend(PolicyBackend):
 
         ``valid`` stays False (a trace is not an action); ``error`` lists parse problems.
         """
-        size = ImageSize.of(rgb)
-        marks = place_marks_on_grid(size, *self.mark_grid, shuffle_ids=False)
-        query = build_tom_query(instruction, n_steps, mark_ids=[m.id for m in marks])
-        return self.answer_traces(draw_marks(rgb, marks), query, marks)
+        query = trace_query(rgb, instruction, n_steps, self.mark_grid, self.policy.action_frame_size)
+        return self.answer_traces(query.image, query.question, query.marks, ImageSize.of(rgb))
 
-    def answer_traces(self, marked_rgb: np.ndarray, question: str, marks: Sequence[Mark] = ()) -> PolicyOutput:
+    def answer_traces(self, marked_rgb: np.ndarray, question: str, marks: Sequence[Mark] = (),
+                      size: ImageSize | None = None) -> PolicyOutput:
         """Ask a Trace-of-Mark ``question`` about a frame that already carries its marks and parse
         the answer (what :meth:`trace` does after drawing its marks; offline evaluation asks the
-        labels' own questions). ``valid`` stays False; ``error`` lists parse problems."""
+        labels' own questions); trace pixels are on a frame of ``size`` (default: the marked one's).
+        ``valid`` stays False; ``error`` lists parse problems."""
         from magma_ros.model import MagmaModelError
 
-        size = ImageSize.of(marked_rgb)
+        size = size if size is not None else ImageSize.of(marked_rgb)
         try:
             result = self.policy.generate_text(marked_rgb, question, self.trace_max_new_tokens, self.sampling)
         except MagmaModelError as err:

@@ -31,6 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="mean step (px at 256x256) above which a point moves: 1 for robot data, 2 for video")
     parser.add_argument("--trace-tokens", action="store_true",
                         help="wrap answers' traces in <trace_start> ... <trace_end>")
+    parser.add_argument("--marks", choices=("kmeans", "grid"), default="kmeans",
+                        help="kmeans (default, Magma's recipe: marks on clusters of moving and static points, random "
+                             "ids) or grid: the policy node's trace-query marks (--mark-grid, ids in reading order)")
+    parser.add_argument("--mark-grid", default="3x4", metavar="ROWSxCOLS",
+                        help="rows x cols of --marks grid (default 3x4, the policy node's)")
+    parser.add_argument("--mark-radius", type=float, default=20.0,
+                        help="--marks grid: a mark moves with the tracked points within this distance (px at "
+                             "256x256, default 20); 0 tracks the mark's own point")
     parser.add_argument("--seed", type=int, default=0, help="seed of cluster counts, k-means and mark ids")
     parser.add_argument("--preview", type=int, default=0, metavar="N",
                         help="write the first N labelled windows as PNGs (marks + traces) to DIR/traces/preview/")
@@ -52,9 +60,14 @@ def run(args: argparse.Namespace) -> int:
     if args.preview < 0:
         return _fail(f"--preview must be >= 0, got {args.preview}")
     try:
+        rows, cols = (int(v) for v in args.mark_grid.lower().split("x"))
+    except ValueError:
+        return _fail(f"--mark-grid expects ROWSxCOLS (e.g. 3x4), got {args.mark_grid!r}")
+    try:
         config = TraceLabelConfig(
             grid_size=args.grid, window=args.window, stride=args.stride, min_window=min(4, args.window),
             foreground_step=args.foreground_step, trace_tokens=args.trace_tokens, seed=args.seed,
+            marks=args.marks, mark_grid=(rows, cols), mark_radius=args.mark_radius,
             tracker=TrackerConfig(name=args.tracker, weights=args.tracker_weights, device=args.device))
         summary = label_dataset(args.dataset, config, preview=args.preview, overwrite=args.overwrite,
                                 progress=not args.no_progress, report=lambda line: _fail(line, 1))

@@ -57,7 +57,9 @@ __all__ = [
     "OfflineEvalError",
     "OfflineEvalResult",
     "action_metrics",
+    "error_distribution",
     "evaluate_offline",
+    "evaluate_trace_answers",
     "plot_episode",
     "run_offline_evaluation",
     "trace_endpoint_errors",
@@ -159,7 +161,8 @@ def trace_endpoint_errors(label: TraceSample, output: PolicyOutput) -> tuple[lis
     return errors, missing
 
 
-def _distribution(values: Sequence[float]) -> dict[str, float | None]:
+def error_distribution(values: Sequence[float]) -> dict[str, float | None]:
+    """``mean``, ``median``, ``p90`` and ``max`` of ``values`` (all None when there are none)."""
     if not values:
         return {"mean": None, "median": None, "p90": None, "max": None}
     arr = np.asarray(values, np.float64)
@@ -303,7 +306,7 @@ def evaluate_offline(backend: PolicyBackend, dataset: Any, out_dir: str | Path,
             rows["valid"].append(valid)
             rows["predicted_ids"].append(pred_ids)
             rows["label_ids"].append(label_ids)
-        traces = _evaluate_traces(backend, samples, bar, trace_note)
+        traces = evaluate_trace_answers(backend, samples, bar, trace_note)
     finally:
         bar.close()
     wall_s = time.monotonic() - started
@@ -342,7 +345,17 @@ def _load_traces(dataset: Any, loader: Callable[[], list[TraceSample]] | None) -
     return load_trace_samples(dataset.root)
 
 
-def _evaluate_traces(backend: PolicyBackend, samples: Sequence[TraceSample], bar: Any, note: str) -> dict[str, Any]:
+def evaluate_trace_answers(backend: PolicyBackend, samples: Sequence[TraceSample], bar: Any = None, note: str = "",
+                           on_answer: Callable[[TraceSample, PolicyOutput], None] | None = None) -> dict[str, Any]:
+    """Ask ``backend.answer_traces`` each sample's own question about its marked frame and score the answers.
+
+    Returns ``samples``, ``answers_parsed`` (fraction without a parse error),
+    ``answers_with_traces``, ``labelled_marks``, ``marks_traced`` (fraction of the labelled
+    marks the answers traced) and ``endpoint_error_grid`` (:func:`trace_endpoint_errors` over
+    all samples: mean, median, p90, max); only ``samples`` (0) and ``note`` when there are no
+    samples. ``bar`` (anything with ``update(n)``) advances once per sample; ``on_answer`` sees
+    every sample with the backend's output.
+    """
     if not samples:
         return {"samples": 0, "note": note}
     endpoint: list[float] = []
@@ -355,11 +368,14 @@ def _evaluate_traces(backend: PolicyBackend, samples: Sequence[TraceSample], bar
         endpoint.extend(errors)
         labelled += len(sample.traces)
         missing += lost
-        bar.update(1)
+        if bar is not None:
+            bar.update(1)
+        if on_answer is not None:
+            on_answer(sample, output)
     return {"samples": len(samples), "answers_parsed": parsed / len(samples),
             "answers_with_traces": answered / len(samples), "labelled_marks": labelled,
             "marks_traced": (labelled - missing) / labelled if labelled else None,
-            "endpoint_error_grid": _distribution(endpoint), "unit": "cells of Magma's 256 x 256 grid"}
+            "endpoint_error_grid": error_distribution(endpoint), "unit": "cells of Magma's 256 x 256 grid"}
 
 
 def run_offline_evaluation(checkpoint: str | Path, data: str | Path, out: str | Path, *, backend: str = "torch",

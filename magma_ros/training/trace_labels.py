@@ -66,6 +66,7 @@ from magma_ros.codecs import (
     parse_traces,
     pixel_point_to_grid,
     place_marks_at_points,
+    place_marks_on_grid,
 )
 from magma_ros.training.progress import progress_bar
 from magma_ros.training.records import DATASET_FILE, TRACES_DIR, DatasetError, TraceSample
@@ -114,6 +115,9 @@ def _positive(name: str, value: object) -> None:
         raise TraceLabelError(f"{name} must be a positive number, got {value!r}")
 
 
+MARK_LAYOUTS = ("kmeans", "grid")
+
+
 @dataclass(frozen=True)
 class TraceLabelConfig:
     """How ToM labels are made (defaults: Magma's recipe for robot data).
@@ -133,6 +137,18 @@ class TraceLabelConfig:
         moving_clusters, static_clusters: inclusive ranges of the k-means cluster counts,
             drawn per window.
         trace_tokens: wrap the answer's traces in ``<trace_start>`` ... ``<trace_end>``.
+        marks: ``"kmeans"`` (Magma's recipe, steps 1-6 above) or ``"grid"``: the marks the
+            policy node's trace query draws (``mark_grid`` rows x cols at the centres of equal
+            cells, ids in reading order); each mark's own point is tracked and the marks that
+            move are the answer. A model that reads marks poorly (a tiny one) then only has to
+            learn which of a fixed set of places move, and it is asked at serving time exactly
+            what it was trained on.
+        mark_grid: rows, cols of the ``"grid"`` marks.
+        mark_radius: ``"grid"`` marks with a point tracker: a mark moves with the tracked points
+            of the ``grid_size`` grid within this distance (256-grid px) when at least half of
+            them move (median of their motion); a tracker loses the mark's own point on an
+            untextured surface such as a robot link, the edges around it it keeps. 0: track
+            the mark's own point (exact tracks, e.g. the simulator's).
         seed: seeds every random choice (cluster counts, k-means, mark ids) per window.
         tracker: which point tracker.
     """
@@ -149,6 +165,9 @@ class TraceLabelConfig:
     moving_clusters: tuple[int, int] = (2, 5)
     static_clusters: tuple[int, int] = (4, 14)
     trace_tokens: bool = False
+    marks: str = "kmeans"
+    mark_grid: tuple[int, int] = (3, 4)
+    mark_radius: float = 20.0
     seed: int = 0
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
 
@@ -170,6 +189,14 @@ class TraceLabelConfig:
             if len(value) != 2 or not all(isinstance(v, int) and v >= 0 for v in value) or value[0] > value[1]:
                 raise TraceLabelError(f"{name} must be a (low, high) pair of integers, low <= high, got {value!r}")
             object.__setattr__(self, name, value)
+        if self.marks not in MARK_LAYOUTS:
+            raise TraceLabelError(f"marks must be one of {MARK_LAYOUTS}, got {self.marks!r}")
+        grid = tuple(self.mark_grid)
+        if len(grid) != 2 or not all(isinstance(v, int) and v >= 1 for v in grid):
+            raise TraceLabelError(f"mark_grid must be a (rows, cols) pair of positive integers, got {grid!r}")
+        object.__setattr__(self, "mark_grid", grid)
+        if not (isinstance(self.mark_radius, (int, float)) and 0.0 <= self.mark_radius < GRID_SIZE):
+            raise TraceLabelError(f"mark_radius must be in [0, {GRID_SIZE}), got {self.mark_radius!r}")
         if self.moving_clusters[1] < 1:
             raise TraceLabelError("moving_clusters must allow at least one moving mark")
         if not isinstance(self.tracker, TrackerConfig):
@@ -260,8 +287,8 @@ class WindowLabel:
     ``instruction``: the task; ``marks``: every mark drawn (pixel positions in the first
     frame); ``moving_ids``: the marks in the answer; ``pixel_traces``: their future positions
     in pixels (after camera-motion removal), {id: (n, 2)}; ``camera_motion``: whether camera
-    motion was removed; ``frames``: the window; ``sources``: {mark id: index of the grid
-    query (:func:`~magma_ros.training.tracking.grid_queries`) the mark was placed at}.
+    motion was removed; ``frames``: the window; ``sources``: {mark id: index of the query
+    (:func:`window_queries`) the mark was placed at}.
     """
 
     sample: TraceSample
@@ -274,6 +301,65 @@ class WindowLabel:
     sources: dict[int, int]
 
 
+def grid_marks(size: ImageSize, config: TraceLabelConfig) -> tuple[Mark, ...]:
+    """The ``"grid"`` layout's marks on a frame of ``size``: the policy node's trace-query marks."""
+    return place_marks_on_grid(size, *config.mark_grid, shuffle_ids=False)
+
+
+def window_queries(size: ImageSize, config: TraceLabelConfig) -> NDArray[np.float64]:
+    """(N, 2) pixel points tracked through a window: the ``grid_size`` grid, or with ``"grid"``
+    marks and ``mark_radius`` 0 the centres of the marks, in :func:`grid_marks` order."""
+    if config.marks == "grid" and config.mark_radius == 0:
+        return np.array([[m.u, m.v] for m in grid_marks(size, config)], dtype=np.float64)
+    return grid_queries(size, config.grid_size)
+
+
+def _label_grid_marks(frames: NDArray[np.uint8], instruction: str, tracks: PointTracks, size: ImageSize,
+                      config: TraceLabelConfig, episode_id: str, step: int) -> WindowLabel | str:
+    """The ``"grid"`` layout: every grid mark is drawn; the marks whose own point moves are the answer."""
+    marks = grid_marks(size, config)
+    scale = np.array([GRID_SIZE / size.width, GRID_SIZE / size.height])
+    visible_enough = tracks.visible_fraction() > config.visible_fraction
+    steps = mean_steps(tracks.points * scale, tracks.visible)
+    queries = tracks.points[0] * scale
+    current: dict[int, tuple[int, int]] = {}
+    future: dict[int, list[tuple[int, int]]] = {}
+    pixel_traces: dict[int, NDArray[np.float64]] = {}
+    for index, mark in enumerate(marks):
+        if config.mark_radius == 0:   # the mark's own point
+            shown = np.flatnonzero(tracks.visible[:, index])
+            last = int(shown[-1]) if shown.size else 0
+            if not visible_enough[index] or steps[index] <= config.foreground_step or last < 1:
+                continue
+            path = tracks.points[1:last + 1, index]
+        else:   # the tracked points around it
+            near = np.hypot(*(queries - np.array(mark.grid, np.float64)).T) <= config.mark_radius
+            around = np.flatnonzero(near & visible_enough)
+            moving = around[steps[around] > config.foreground_step]
+            if around.size == 0 or 2 * moving.size < around.size:
+                continue
+            motion = tracks.points[1:, moving] - tracks.points[0, moving]
+            seen = tracks.visible[1:, moving]
+            centre = np.array([mark.u, mark.v])
+            path = np.array([centre + np.median(motion[t][seen[t]] if seen[t].any() else motion[t], axis=0)
+                             for t in range(len(motion))])
+        current[mark.id] = mark.grid
+        future[mark.id] = [pixel_point_to_grid(u, v, size) for u, v in path]
+        pixel_traces[mark.id] = path
+    if not current:
+        return "nothing moves"
+    answer = format_traces(current, future, trace_tokens=config.trace_tokens)
+    question = build_tom_query(instruction, max(len(f) for f in future.values()), mark_ids=[m.id for m in marks])
+    check = parse_traces(answer, size)
+    if not check.ok:  # the codec's own output must parse; anything else is a bug here
+        raise TraceLabelError(f"episode {episode_id} step {step}: labelled answer does not parse: {check.errors}")
+    sample = TraceSample(
+        episode_id=episode_id, step=int(step), image=draw_marks(frames[0], marks), question=question,
+        answer=answer, traces={i: np.asarray(f, dtype=np.int32).reshape(-1, 2) for i, f in future.items()})
+    return WindowLabel(sample, instruction, marks, tuple(current), pixel_traces, False, frames,
+                       {m.id: i for i, m in enumerate(marks)})
+
+
 def _window_rng(seed: int, episode_id: str, step: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(episode_id.encode()), int(step)])
 
@@ -283,7 +369,7 @@ def label_window(frames: NDArray[np.uint8], instruction: str, tracker: PointTrac
                  tracks: PointTracks | None = None) -> WindowLabel | str:
     """Label one window of frames (T, H, W, 3) uint8 RGB; returns the label or why there is none.
 
-    ``tracks`` (of ``grid_queries``) may be passed to skip tracking. Deterministic for a
+    ``tracks`` (of :func:`window_queries`) may be passed to skip tracking. Deterministic for a
     given ``config.seed``, ``episode_id`` and ``step``.
     """
     config = config if config is not None else TraceLabelConfig()
@@ -292,9 +378,11 @@ def label_window(frames: NDArray[np.uint8], instruction: str, tracker: PointTrac
         return "no instruction"
     size = ImageSize(int(frames.shape[2]), int(frames.shape[1]))
     scale = np.array([GRID_SIZE / size.width, GRID_SIZE / size.height])
-    queries = grid_queries(size, config.grid_size)
+    queries = window_queries(size, config)
     if tracks is None:
         tracks = tracker.track(frames, queries)
+    if config.marks == "grid":
+        return _label_grid_marks(frames, instruction, tracks, size, config, episode_id, step)
     keep = tracks.visible_fraction() > config.visible_fraction
     if np.count_nonzero(keep) < 2:
         return "fewer than 2 points visible in most frames"

@@ -17,12 +17,14 @@ import pytest
 from magma_ros.codecs import (
     TRACE_END,
     TRACE_START,
+    ImageSize,
     build_tom_query,
     draw_marks,
     format_traces,
     grid_point_to_pixel,
     mark_style,
     parse_traces,
+    pixel_point_to_grid,
 )
 from magma_ros.sim import TaskFamily, Workcell, WorkcellConfig, task_for_seed
 from magma_ros.sim.point_tracks import GROUND_TRUTH_CAMERA, SimRecording, record_expert_episode
@@ -31,12 +33,14 @@ from magma_ros.training.trace_labels import (
     TraceLabelConfig,
     TraceLabelError,
     WindowLabel,
+    grid_marks,
     kmeans_representatives,
     label_dataset,
     label_window,
     load_trace_samples,
     mean_steps,
     remove_camera_motion,
+    window_queries,
 )
 from magma_ros.training.tracking import (
     LucasKanadeTracker,
@@ -245,6 +249,52 @@ def test_visibility_filter_keeps_only_points_seen_in_more_than_half_the_frames()
                            tracks=PointTracks(points, visible))
     assert nothing == "nothing moves"
     assert label_window(frames, "  ", LucasKanadeTracker(), tracks=PointTracks(points, visible)) == "no instruction"
+
+
+def test_grid_marks_move_with_the_tracked_points_around_them():
+    """``marks: grid``: the policy node's 3x4 marks (ids in reading order) are all drawn and asked
+    about; a mark is in the answer when most tracked points within ``mark_radius`` move, and its
+    trace is their median motion; far movers, a moving minority and static points do not count."""
+    config = TraceLabelConfig(window=9, marks="grid")
+    frames = np.stack([texture(seed=7)] * 9)
+    queries = window_queries(ImageSize(256, 256), config)
+    np.testing.assert_array_equal(queries, grid_queries((256, 256), 15))
+    marks = grid_marks(ImageSize(256, 256), config)
+    assert [m.id for m in marks] == list(range(1, 13))
+    points = np.repeat(queries[None], 9, axis=0)
+    visible = np.ones((9, len(queries)), bool)
+    near = lambda mark, radius: np.flatnonzero(np.hypot(*(queries - [mark.u, mark.v]).T) <= radius)  # noqa: E731
+    steps = np.arange(9)[:, None, None]
+    a, b, c = marks[5], marks[6], marks[10]
+    points[:, near(a, 20)] += steps * np.array([3.0, -2.0])              # every point around mark 6 moves
+    minority = near(b, 20)[: len(near(b, 20)) // 2 - 1]                  # fewer than half around mark 7
+    points[:, minority] += steps * np.array([0.0, 5.0])
+    far = np.setdiff1d(near(c, 40), near(c, 20))                         # only points beyond the radius of mark 11
+    points[:, far] += steps * np.array([-4.0, 0.0])
+    label = label_window(frames, "push the cube", LucasKanadeTracker(), config, episode_id="e", step=0,
+                         tracks=PointTracks(points, visible))
+    assert isinstance(label, WindowLabel)
+    assert label.marks == marks and label.moving_ids == (a.id,)
+    assert label.sample.question.endswith(build_tom_query("push the cube", 8, mark_ids=list(range(1, 13))))
+    expected = [pixel_point_to_grid(a.u + 3.0 * t, a.v - 2.0 * t, (256, 256)) for t in range(1, 9)]
+    assert [tuple(p) for p in label.sample.traces[a.id]] == expected
+    np.testing.assert_array_equal(label.sample.image, draw_marks(frames[0], marks))
+
+    # mark_radius 0: the marks' own points are tracked
+    own = TraceLabelConfig(window=9, marks="grid", mark_radius=0.0)
+    centres = window_queries(ImageSize(256, 256), own)
+    np.testing.assert_array_equal(centres, [[m.u, m.v] for m in marks])
+    moved = np.repeat(centres[None], 9, axis=0)
+    moved[:, 2] += steps[:, 0] * np.array([0.0, 2.0])
+    label = label_window(frames, "push the cube", LucasKanadeTracker(), own, episode_id="e", step=0,
+                         tracks=PointTracks(moved, np.ones((9, 12), bool)))
+    assert isinstance(label, WindowLabel) and label.moving_ids == (marks[2].id,)
+    still = label_window(frames, "push the cube", LucasKanadeTracker(), own, episode_id="e", step=0,
+                         tracks=PointTracks(np.repeat(centres[None], 9, axis=0), np.ones((9, 12), bool)))
+    assert still == "nothing moves"
+    for bad in ({"marks": "spiral"}, {"mark_grid": (0, 4)}, {"mark_radius": -1.0}, {"mark_radius": 256.0}):
+        with pytest.raises(TraceLabelError):
+            TraceLabelConfig(**bad)
 
 
 def test_kmeans_picks_one_member_per_cluster():

@@ -28,7 +28,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 PYTHONHASHSEED
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((100 + RANDOM % 100))}
 
 REACH_EPISODES=${REACH_EPISODES:-300}; REACH_SEED=0
-PICK_EPISODES=${PICK_EPISODES:-150}; PICK_SEED=1000
+PICK_EPISODES=${PICK_EPISODES:-300}; PICK_SEED=1000
 VARIANT=magma-tiny-sim256
 RECIPE=training/recipes/default_model.yaml
 EVAL_EPISODES=${EVAL_EPISODES:-50}; EVAL_SEED=5000
@@ -46,8 +46,18 @@ stamp() {  # log a stage start; the previous stage's wall time goes to OUT/timin
 
 if has record; then
   stamp "record: reach $REACH_EPISODES from seed $REACH_SEED, pick $PICK_EPISODES from seed $PICK_SEED" record
-  [ -d "$OUT/demos/reach" ] || $MAGMA record-demos --task reach --episodes "$REACH_EPISODES" --seed $REACH_SEED --out "$OUT/demos/reach"
-  [ -d "$OUT/demos/pick" ] || $MAGMA record-demos --task pick --episodes "$PICK_EPISODES" --seed $PICK_SEED --out "$OUT/demos/pick"
+  # the two recorders side by side (one core each), each on its own ROS domain; a failed one stops the recipe
+  pids=()
+  if [ ! -d "$OUT/demos/reach" ]; then
+    ROS_DOMAIN_ID=$((ROS_DOMAIN_ID + 1)) $MAGMA record-demos --task reach --episodes "$REACH_EPISODES" \
+      --seed $REACH_SEED --out "$OUT/demos/reach" > "$OUT/record_reach.log" 2>&1 & pids+=($!)
+  fi
+  if [ ! -d "$OUT/demos/pick" ]; then
+    $MAGMA record-demos --task pick --episodes "$PICK_EPISODES" --seed $PICK_SEED --out "$OUT/demos/pick" \
+      > "$OUT/record_pick.log" 2>&1 & pids+=($!)
+  fi
+  for pid in "${pids[@]}"; do wait "$pid"; done
+  tail -n 1 "$OUT/record_reach.log" "$OUT/record_pick.log" 2>/dev/null || true
 fi
 if has build; then
   stamp "dataset build" build
@@ -61,7 +71,7 @@ fi
 if has vision; then
   stamp "vision pretraining (cube and TCP positions from the recorded frames and states)" vision
   .venv/bin/python training/recipes/pretrain_vision.py "$OUT/data" --out "$OUT/vision" --variant $VARIANT \
-    --global-weight 8 --steps 3000 --batch-size 32 --seed 0
+    --global-weight 8 --state-weight 4 --steps 3000 --batch-size 32 --seed 0
 fi
 if has train; then
   stamp "train $VARIANT from the vision stage with $RECIPE" train

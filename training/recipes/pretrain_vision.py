@@ -2,6 +2,7 @@
 
 usage: python training/recipes/pretrain_vision.py DATASET [DATASET ...] --out CHECKPOINT
            [--steps 1000] [--batch-size 32] [--every 2] [--seed 0] [--variant NAME] [--global-weight W]
+           [--state-weight W]
 
 Why (training/recipes/README.md, attempts 3-4): trained from scratch on actions alone, the model
 stays at the instruction-conditional mean action and takes nothing from the frames, because the
@@ -18,7 +19,10 @@ four objects, which cell holds it (softmax over the 64 cells) and where inside t
 regression), and from every token the place of its own cell (so a token the LM attends to
 carries where it is, not only what). With ``--global-weight`` (for ``magma-tiny-sim256``, one
 256-px crop whose 8x8 tokens each see most of the frame) every token also regresses every object's
-place in the whole frame, so the LM can read the target's place off any image token. The head
+place in the whole frame, so the LM can read the target's place off any image token. With
+``--state-weight`` every token also regresses the TCP's height and the gripper opening recorded
+with the frame: a pick's phase (hover, descend, close, lift) depends on both, and neither is a
+place in the image. The head
 is thrown away: the output is the variant (seed 0) with the trained vision tower and projector,
 a checkpoint for ``magma-ros train --checkpoint``. Held-out
 localization error (pixels at 256x256) is printed every 250 steps and at the end.
@@ -47,11 +51,12 @@ N_OBJ = len(OBJECTS)
 
 
 def load_frames(datasets: list[str], every: int, size: int,
-                processor) -> tuple[torch.Tensor, np.ndarray, np.ndarray, list[str]]:  # type: ignore[no-untyped-def]
+                processor) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray, list[str]]:  # type: ignore[no-untyped-def]
     """Preprocessed pixel values (N, crops, 3, S, S) in float16, labels (N, 4, 2), label mask
-    (N, 4) and the episode id of each frame (for a held-out split by episode)."""
+    (N, 4), the recorded TCP height and gripper opening (N, 2) and the episode id of each frame
+    (for a held-out split by episode)."""
     project = CameraProjector(size)
-    pixels, labels, known, episodes = [], [], [], []
+    pixels, labels, known, states, episodes = [], [], [], [], []
     for root in datasets:
         data = TrajectoryDataset(root)
         index = 0
@@ -67,9 +72,11 @@ def load_frames(datasets: list[str], every: int, size: int,
                 pixels.append(processed.pixel_values.to(torch.float16))
                 labels.append(row)
                 known.append(mask)
+                states.append((record.state[2], record.state[6]))
                 episodes.append(f"{root}:{episode_id}")
             index += length
-    return torch.stack(pixels), np.asarray(labels, np.float32), np.asarray(known, bool), episodes
+    return (torch.stack(pixels), np.asarray(labels, np.float32), np.asarray(known, bool),
+            np.asarray(states, np.float32), episodes)
 
 
 def main(argv: list[str]) -> int:
@@ -86,6 +93,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--global-weight", type=float, default=0.0,
                         help="weight of the frame-level target: every token regresses every object's place in "
                              "the frame (for one-crop variants, whose tokens see most of the frame)")
+    parser.add_argument("--state-weight", type=float, default=0.0,
+                        help="weight of the arm-state target: every token also regresses the TCP's height and the "
+                             "gripper opening recorded with the frame (what a pick's phase depends on)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     model, tokenizer = build_tiny_model(args.variant, seed=args.seed)
@@ -93,7 +103,7 @@ def main(argv: list[str]) -> int:
         policy = MagmaPolicy.from_pretrained(save_checkpoint(model, tokenizer, tmp))
     size = policy.action_frame_size or 256
     started = time.perf_counter()
-    pixels, labels, known, episodes = load_frames(args.datasets, args.every, size, policy.image_processor)
+    pixels, labels, known, states, episodes = load_frames(args.datasets, args.every, size, policy.image_processor)
     n = len(pixels)
     rows, cols = policy.image_processor(np.zeros((size, size, 3), np.uint8)).image_size
     with torch.no_grad():
@@ -112,8 +122,13 @@ def main(argv: list[str]) -> int:
 
     vision, projector = model.vision_tower, model.multi_modal_projector
     hidden = model.config.text.hidden_size
-    # per object: cell logit, offset (2); own cell (2); per object: its place in the frame (2)
-    head = torch.nn.Linear(hidden, N_OBJ * 3 + 2 + N_OBJ * 2)
+    # per object: cell logit, offset (2); own cell (2); per object: its place in the frame (2);
+    # with --state-weight: the TCP height and the gripper opening (both scaled to 0..1)
+    n_state = 2 if args.state_weight > 0 else 0
+    head = torch.nn.Linear(hidden, N_OBJ * 3 + 2 + N_OBJ * 2 + n_state)
+    z_low, z_high = float(states[train_idx, 0].min()), float(states[train_idx, 0].max())
+    state_t = torch.from_numpy(np.stack([(states[:, 0] - z_low) / max(z_high - z_low, 1e-6),
+                                         np.clip(states[:, 1], 0.0, 1.0)], -1).astype(np.float32))
     params = [*vision.parameters(), *projector.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     def lr_factor(s: int) -> float:   # 100 warm-up steps, then cosine to 5%
@@ -132,8 +147,14 @@ def main(argv: list[str]) -> int:
     own = torch.stack(torch.meshgrid(torch.arange(grid[0]) / (grid[0] - 1), torch.arange(grid[1]) / (grid[1] - 1),
                                      indexing="ij"), -1)      # (rows, cols, 2): each cell's own place
 
-    def losses(full: torch.Tensor, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def losses(full: torch.Tensor,
+               idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         lab, ok = label_t[idx], known_t[idx]                 # (B, 4, 2), (B, 4)
+        state_loss, state_pred = torch.zeros(()), None
+        if n_state:   # every token says how high the TCP is and whether the gripper is open
+            state_pred = torch.sigmoid(full[..., -n_state:])                       # (B, rows, cols, 2)
+            state_loss = (state_pred - state_t[idx][:, None, None]).abs().sum(-1).mean()
+            full = full[..., :-n_state]
         # every token also says where every object is in the frame (the LM then needs no attention to
         # one token to read a place), ...
         glob = torch.sigmoid(full[..., -2 * N_OBJ:].unflatten(-1, (N_OBJ, 2)))   # (B, rows, cols, 4, 2)
@@ -158,21 +179,26 @@ def main(argv: list[str]) -> int:
         reg = (chosen - frac).abs().sum(-1)
         w = ok.float()
         loss = ((ce + 4.0 * reg) * w).sum() / w.sum().clamp(min=1) + 4.0 * where + args.global_weight * glob_loss
+        loss = loss + args.state_weight * state_loss
         # predicted pixel position: the arg-max cell plus its offset
         best = logits.argmax(-1)
         off = offsets.gather(2, best[..., None, None].expand(-1, -1, 1, 2))[:, :, 0]
         px = torch.stack([(best % grid[1] + off[..., 0]) * cell[1], (best // grid[1] + off[..., 1]) * cell[0]], -1)
         err = (px - lab).norm(dim=-1).masked_fill(~ok, float("nan"))
-        return loss, err, glob_err
+        return loss, err, glob_err, state_pred
 
     def evaluate() -> str:
         vision.eval(), projector.eval()
-        errs, glob = [], []
+        errs, glob, state_errs = [], [], []
         with torch.no_grad():
             for start in range(0, len(eval_idx), 64):
                 idx = eval_idx[start:start + 64]
-                _, err, glob_err = losses(forward(idx), idx)
+                _, err, glob_err, state_pred = losses(forward(idx), idx)
                 errs.append(err), glob.append(glob_err)
+                if state_pred is not None:   # per frame: the tokens' median answer against the record
+                    guess = state_pred.flatten(1, 2).median(dim=1).values
+                    state_errs.append(torch.stack([(guess[:, 0] - state_t[idx][:, 0]).abs() * (z_high - z_low),
+                                                   ((guess[:, 1] > 0.5) == (state_t[idx][:, 1] > 0.5)).float()], -1))
         vision.train(), projector.train()
         err, g = torch.cat(errs).numpy(), torch.cat(glob).numpy()
         text = ", ".join(f"{o} {np.nanmedian(err[:, i]):.1f}" for i, o in enumerate(OBJECTS))
@@ -180,6 +206,11 @@ def main(argv: list[str]) -> int:
             text += "; from every token: " + ", ".join(
                 f"{o} {np.nanmedian(g[..., i]):.1f} (p90 {np.nanpercentile(g[..., i], 90):.1f})"
                 for i, o in enumerate(OBJECTS))
+        if state_errs:
+            s_err = torch.cat(state_errs).numpy()
+            height_cm = 100 * s_err[:, 0]
+            text += (f"; TCP height {np.median(height_cm):.1f} cm (p90 {np.percentile(height_cm, 90):.1f}),"
+                     f" gripper open/closed {s_err[:, 1].mean():.1%} right")
         return text
 
     print(f"held-out median error (px) before training: {evaluate()}", flush=True)
@@ -203,6 +234,7 @@ def main(argv: list[str]) -> int:
     (args.out / "vision_pretraining.json").write_text(json.dumps({
         "datasets": args.datasets, "frames": n, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "seed": args.seed, "variant": args.variant, "global_weight": args.global_weight,
+        "state_weight": args.state_weight, "tcp_height_range_m": [z_low, z_high],
         "held_out_episodes": len(held), "held_out_median_error_px": evaluate(),
         "loss_every_10": history[::10]}, indent=1))
     print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
