@@ -10,7 +10,8 @@ measured side by side in one run:
 * ROS, one process per node: the same nodes as ``magma-ros up`` starts them.
 
 The ROS loops run synchronous mode exactly as ``evaluate`` does (the bridge answers each
-step at once, see magma_ros.sim.lockstep). Floors: >= 15 steps/s through ROS and ROS adding
+step at once, see magma_ros.sim.lockstep), without Trace-of-Mark queries (trace_period_s 0).
+Floors: >= 15 steps/s through ROS and ROS adding
 <= 30% per step over the ROS-free loop. Absolute numbers depend on the machine and on what
 else runs on it; the ratio is measured in the same run (the ROS-free loop runs before and
 after the ROS loops and its mean is the reference).
@@ -171,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bringup = load_bringup(REPO / BRINGUP)
     overrides = synchronous_loop_overrides()
+    # the control loop alone: the Trace-of-Mark thread (trace_period_s, wall-clock) would take CPU
+    # from it at a rate set by the clock, not by the loop
+    overrides["magma_policy_node"]["trace_period_s"] = 0.0
     if args.render_detail:
         overrides["sim_arm_node"]["render_detail"] = args.render_detail
     bringup = bringup.with_overrides(overrides)

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Build the default model (shipped to checkpoints/magma-tiny by the `ship` stage) end to end from
 # nothing, with the training package's commands only. Status and measured results: README.md here
-# (attempt 5 is the shipped default: reach succeeds, pick does not yet). Stages:
+# (attempt 6 is the shipped default). Stages:
 #   record (scripted expert, seeds < 5000) -> dataset build -> label-traces -> vision (the vision
-#   tower learns where the cubes and the TCP are: pretrain_vision.py) -> train -> polish -> evaluate.
+#   tower learns where the cubes and the TCP are, how high the TCP is and whether the gripper is open:
+#   pretrain_vision.py) -> train (actions) -> polish (actions + Trace-of-Mark) -> evaluate.
 #
 #   training/recipes/default_model.sh [OUT]          # OUT defaults to runs/default_model
 #   STAGES="record build label train" training/recipes/default_model.sh /tmp/repro   # a subset
 #
-# Seeds: training demonstrations reach 0..299 and pick 1000..1149; held-out recordings for the
+# Seeds: training demonstrations reach 0..299 and pick 1000..1299; held-out recordings for the
 # offline Trace-of-Mark check reach/pick 6000..6009; closed-loop evaluation reach/pick 5000..5049.
 # No seed >= 5000 is ever recorded for training.
 #
@@ -64,9 +65,10 @@ if has build; then
   $MAGMA dataset build "$OUT/demos/reach" "$OUT/demos/pick" --spec config/datasets/sim_panda.yaml --out "$OUT/data" --workers 1 --no-progress
 fi
 if has label; then
-  # windows of 9 frames = the first frame + the 8 future steps the policy node asks for (trace_steps: 8)
+  # windows of 9 frames = the first frame + the 8 future steps the policy node asks for (trace_steps: 8),
+  # about the policy node's own 3x4 grid of marks (a tiny model cannot read marks placed anywhere)
   stamp "label-traces" label
-  $MAGMA dataset label-traces "$OUT/data" --window 9 --stride 8 --seed 0 --no-progress --preview 4
+  $MAGMA dataset label-traces "$OUT/data" --window 9 --stride 8 --seed 0 --marks grid --no-progress --preview 4
 fi
 if has vision; then
   stamp "vision pretraining (cube and TCP positions from the recorded frames and states)" vision
@@ -90,8 +92,11 @@ if has heldout; then
   [ -d "$OUT/heldout/reach" ] || $MAGMA record-demos --task reach --episodes $HELDOUT_EPISODES --seed $HELDOUT_SEED --out "$OUT/heldout/reach"
   [ -d "$OUT/heldout/pick" ] || $MAGMA record-demos --task pick --episodes $HELDOUT_EPISODES --seed $HELDOUT_SEED --out "$OUT/heldout/pick"
   $MAGMA dataset build "$OUT/heldout/reach" "$OUT/heldout/pick" --spec config/datasets/sim_panda.yaml --out "$OUT/heldout/data" --workers 1 --no-progress
-  $MAGMA dataset label-traces "$OUT/heldout/data" --window 9 --stride 8 --seed 0 --no-progress
+  $MAGMA dataset label-traces "$OUT/heldout/data" --window 9 --stride 8 --seed 0 --marks grid --no-progress
   $MAGMA evaluate-offline --checkpoint "$MODEL" --data "$OUT/heldout/data" --out "$OUT/offline"
+  # Trace-of-Mark answers against the simulator's exact motion of the marks (not the tracker's labels)
+  .venv/bin/python training/recipes/tom_sim_truth.py "$MODEL" --task reach pick --episodes $HELDOUT_EPISODES \
+    --seed $HELDOUT_SEED --out "$OUT/tom_sim_truth"
 fi
 if has evaluate; then
   stamp "closed-loop evaluation, synchronous, seeds $EVAL_SEED..$((EVAL_SEED + EVAL_EPISODES - 1))" evaluate

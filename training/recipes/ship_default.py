@@ -6,7 +6,8 @@
 RUN_OUT is the directory of training/recipes/default_model.sh: RUN/model (the exported
 checkpoint; RUN = ``--run``, default ``run``), RUN/metrics.jsonl, RUN/train_config.yaml,
 data/dataset.json, eval_sync/summary.json, optionally eval_realtime/summary.json,
-offline/summary.json and timings.txt. Writes the weights and their files, ``evaluation.json``
+offline/summary.json, tom_sim_truth/summary.json (+ traces.png) and timings.txt. Writes the
+weights and their files, ``evaluation.json``
 (closed-loop success quoted by ``magma-ros demo``), ``loss_curve.png`` and ``README.md`` (the
 model card; ``--notes`` appends a markdown file to it).
 """
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     sync = _load(args.run_out / "eval_sync" / "summary.json")
     realtime = _load(args.run_out / "eval_realtime" / "summary.json")
     offline = _load(args.run_out / "offline" / "summary.json")
+    truth = _load(args.run_out / "tom_sim_truth" / "summary.json")
+    if truth and (args.run_out / "tom_sim_truth" / "traces.png").is_file():
+        shutil.copy2(args.run_out / "tom_sim_truth" / "traces.png", args.dest / "traces.png")
     dataset = _load(args.run_out / "data" / "dataset.json") or {}
     config = (run / "train_config.yaml").read_text()
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
@@ -86,9 +90,17 @@ def main(argv: list[str] | None = None) -> int:
                                                                  "ci95_low", "ci95_high", "mean_steps")}
                                           for t, r in _rows(summary).items()}}
     traces = (offline or {}).get("traces") or {}
-    if traces:
+    if truth:   # against the simulator's exact motion of the marks
+        evaluation["trace_of_mark"] = {
+            "against": "simulator ground truth", "samples": truth.get("samples"),
+            "answers_parsed": truth.get("answers_parsed"), "marks_traced": truth.get("marks_traced"),
+            "endpoint_error_median_px": (truth.get("endpoint_error_grid") or {}).get("median"),
+            "standing_still_median_px": ((truth.get("standing_still") or {}).get("endpoint_error_grid_on_traced_marks")
+                                         or {}).get("median")}
+    elif traces:
         grid = traces.get("endpoint_error_grid") or {}
-        evaluation["trace_of_mark"] = {"answers_parsed": traces.get("answers_parsed"),
+        evaluation["trace_of_mark"] = {"against": "point-tracker labels",
+                                       "answers_parsed": traces.get("answers_parsed"),
                                        "endpoint_error_median_px": grid.get("median"),
                                        "samples": traces.get("samples")}
     (args.dest / "evaluation.json").write_text(json.dumps(evaluation, indent=2) + "\n")
@@ -108,21 +120,24 @@ def main(argv: list[str] | None = None) -> int:
         "## Data",
         "",
         "- Recorded with `magma-ros record-demos` (scripted expert through the ROS stack, rosbag2/mcap): "
-        "reach seeds 0..299, pick seeds 1000..1149 (cube layouts and target colours by seed). No seed >= 5000 "
+        "reach seeds 0..299, pick seeds 1000..1299 (cube layouts and target colours by seed). No seed >= 5000 "
         "was recorded for training.",
         f"- Built with `magma-ros dataset build --spec config/datasets/sim_panda.yaml`: {len(episodes)} episodes, "
         f"{steps} steps at 10 Hz, 256x256 frames; `dataset_statistics.json` under the name `sim_panda`.",
-        "- Trace-of-Mark labels: `magma-ros dataset label-traces --window 9 --stride 8 --seed 0` (OpenCV "
-        "Lucas-Kanade, 15x15 grid, 8 future steps = the policy node's `trace_steps`).",
+        "- Trace-of-Mark labels: `magma-ros dataset label-traces --window 9 --stride 8 --seed 0 --marks grid` "
+        "(the policy node's 3x4 grid of marks, ids in reading order; a mark moves with the OpenCV Lucas-Kanade "
+        "tracks of the 15x15 grid within 20 px of it; 8 future steps = the policy node's `trace_steps`).",
         "",
         "## Training",
         "",
         "Three stages on CPU, one thread each (OMP_NUM_THREADS=1), seed 0. First `training/recipes/"
-        "pretrain_vision.py --variant magma-tiny-sim256 --global-weight 8 --steps 3000`: the vision tower and "
-        "projector learn where the three cubes and the TCP are (labels from the recorded frames and states); "
-        "then, with both frozen, `magma-ros train --checkpoint <vision stage> --config "
-        "training/recipes/default_model.yaml` trains the language model on the actions, and the `polish` "
-        "stage continues from that model with `training/recipes/default_model_polish.yaml`. The configuration "
+        "pretrain_vision.py --variant magma-tiny-sim256 --global-weight 8 --state-weight 4 --steps 3000`: the "
+        "vision tower and projector learn where the three cubes and the TCP are, how high the TCP is and whether "
+        "the gripper is open (labels from the recorded frames and states); then, with both frozen, `magma-ros "
+        "train --checkpoint <vision stage> --config training/recipes/default_model.yaml` trains the language "
+        "model on the actions, and the `polish` stage continues from that model with "
+        "`training/recipes/default_model_polish.yaml` (actions and, in 30% of the steps, Trace-of-Mark "
+        "answers). The configuration "
         f"of the shipped run (`{args.run}`):",
         "",
         "```yaml",
@@ -148,9 +163,25 @@ def main(argv: list[str] | None = None) -> int:
         card += [f"Realtime mode (`--realtime 30`: sim time follows the wall clock, camera 30 Hz, the policy acts "
                  f"on the newest frame; {_seeds(realtime)}; measured on a shared 2-core machine, so it depends on "
                  "the CPU load at the time):", "", _table(realtime), ""]
+    if truth:
+        grid = truth.get("endpoint_error_grid") or {}
+        still = (truth.get("standing_still") or {}).get("endpoint_error_grid_on_traced_marks") or {}
+        seeds = truth.get("seeds") or ["?", "?"]
+        card += ["## Trace-of-Mark", "",
+                 f"`training/recipes/tom_sim_truth.py` (tasks {', '.join(truth.get('tasks', []))}, held-out seeds "
+                 f"{seeds[0]}..{seeds[-1]}): the scripted expert runs in the workcell, every window of 9 frames "
+                 "gets the policy node's question about its 3x4 grid of marks, and each answer is scored "
+                 "against the simulator's exact motion of the marks (not a tracker's labels).", "",
+                 f"- windows asked: {truth.get('samples')}; answers that parse: "
+                 f"{100 * (truth.get('answers_parsed') or 0):.0f}%; moving marks traced: "
+                 f"{100 * (truth.get('marks_traced') or 0):.0f}%",
+                 f"- endpoint error at 256x256: median {grid.get('median') or float('nan'):.1f} px, mean "
+                 f"{grid.get('mean') or float('nan'):.1f} px, p90 {grid.get('p90') or float('nan'):.1f} px; the "
+                 f"answer \"nothing moves\" on the same marks: median {still.get('median') or float('nan'):.1f} px",
+                 "", "![predicted (red) and true (green) traces](traces.png)", ""]
     if traces:
         grid = traces.get("endpoint_error_grid") or {}
-        card += ["## Trace-of-Mark", "",
+        card += ["## Trace-of-Mark against the tracker's labels", "",
                  "`magma-ros evaluate-offline` on held-out recordings (reach and pick seeds 6000..6009, labelled "
                  "like the training data): the labels' own questions asked about their marked frames.", "",
                  f"- samples: {traces.get('samples')}; answers that parse: "
