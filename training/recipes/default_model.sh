@@ -2,9 +2,9 @@
 # Build the default model (shipped to checkpoints/magma-tiny by the `ship` stage) end to end from
 # nothing, with the training package's commands only. Status and measured results: README.md here
 # (attempt 6 is the shipped default). Stages:
-#   record (scripted expert, seeds < 5000) -> dataset build -> label-traces -> vision (the vision
-#   tower learns where the cubes and the TCP are, how high the TCP is and whether the gripper is open:
-#   pretrain_vision.py) -> train (actions) -> polish (actions + Trace-of-Mark) -> evaluate.
+#   record (scripted expert, seeds < 5000) -> dataset build -> label-traces (the policy node's grid of
+#   marks) -> vision (the vision tower learns where the cubes and the TCP are: pretrain_vision.py) ->
+#   train, polish (actions) -> tom1..tom3 (Trace-of-Mark answers, then actions again) -> evaluate.
 #
 #   training/recipes/default_model.sh [OUT]          # OUT defaults to runs/default_model
 #   STAGES="record build label train" training/recipes/default_model.sh /tmp/repro   # a subset
@@ -16,14 +16,14 @@
 # Threads: one torch intra-op thread (OMP_NUM_THREADS=1). On a shared 2-core machine two threads
 # were up to 20x slower per step (helper H3a measured it); one is also what makes the run
 # bit-reproducible on one machine.
-# Wall time on 2 cores, stages measured separately (attempt 5, training/recipes/README.md): record
-# 12.5 min (reach and pick recorders side by side), build 47 s, label 87 s, vision 22 min (3000
-# steps), train 17 min (4000 steps), polish 17 min (4000 steps), closed-loop evaluation ~2 s per
-# reach success, ~8 s per failure.
+# Wall time on 2 cores (training/recipes/README.md, attempts 5-6): record 12 min (reach 300 and pick 300
+# side by side), build 2 min, label 1.5 min, vision 22 min (3000 steps), train 17 min (4000 steps), polish
+# 17 min (4000 steps), tom1 12 min, tom2 11 min, tom3 5 min (each beside another run), closed-loop
+# evaluation ~2 s per reach success, ~6-11 s per failure: about 2 h in all.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-runs/default_model}
-STAGES=${STAGES:-"record build label vision train polish heldout evaluate realtime ship"}
+STAGES=${STAGES:-"record build label vision train polish tom1 tom2 tom3 heldout evaluate realtime ship"}
 MAGMA=${MAGMA:-.venv/bin/magma-ros}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 PYTHONHASHSEED=0
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((100 + RANDOM % 100))}
@@ -73,7 +73,7 @@ fi
 if has vision; then
   stamp "vision pretraining (cube and TCP positions from the recorded frames and states)" vision
   .venv/bin/python training/recipes/pretrain_vision.py "$OUT/data" --out "$OUT/vision" --variant $VARIANT \
-    --global-weight 8 --state-weight 4 --steps 3000 --batch-size 32 --seed 0
+    --global-weight 8 --steps 3000 --batch-size 32 --seed 0
 fi
 if has train; then
   stamp "train $VARIANT from the vision stage with $RECIPE" train
@@ -85,7 +85,15 @@ if has polish; then
   $MAGMA train --checkpoint "$OUT/run/model" --data "$OUT/data" --out "$OUT/polish" \
     --config training/recipes/default_model_polish.yaml --parallel none --device cpu --no-progress
 fi
-MODEL="$OUT/polish/model"   # what the later stages evaluate and ship
+for stage in tom1 tom2 tom3; do   # README.md here, attempt 6 (runs T2, T3, T4)
+  if has $stage; then
+    from="$OUT/polish/model"; [ $stage = tom2 ] && from="$OUT/tom1/model"; [ $stage = tom3 ] && from="$OUT/tom2/model"
+    stamp "$stage: train on from $from with training/recipes/default_model_$stage.yaml" $stage
+    $MAGMA train --checkpoint "$from" --data "$OUT/data" --out "$OUT/$stage" \
+      --config training/recipes/default_model_$stage.yaml --parallel none --device cpu --no-progress
+  fi
+done
+MODEL="$OUT/tom3/model"   # what the later stages evaluate and ship
 if has heldout; then
   # held-out recordings (seeds never trained on) for the offline action and Trace-of-Mark errors
   stamp "held-out recordings + evaluate-offline" heldout
@@ -109,5 +117,5 @@ if has realtime; then
 fi
 stamp "done: $OUT"
 if has ship; then
-  .venv/bin/python training/recipes/ship_default.py "$OUT" --run polish   # -> checkpoints/magma-tiny + model card
+  .venv/bin/python training/recipes/ship_default.py "$OUT" --run tom3   # -> checkpoints/magma-tiny + model card
 fi

@@ -130,14 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Training",
         "",
-        "Three stages on CPU, one thread each (OMP_NUM_THREADS=1), seed 0. First `training/recipes/"
-        "pretrain_vision.py --variant magma-tiny-sim256 --global-weight 8 --state-weight 4 --steps 3000`: the "
-        "vision tower and projector learn where the three cubes and the TCP are, how high the TCP is and whether "
-        "the gripper is open (labels from the recorded frames and states); then, with both frozen, `magma-ros "
-        "train --checkpoint <vision stage> --config training/recipes/default_model.yaml` trains the language "
-        "model on the actions, and the `polish` stage continues from that model with "
-        "`training/recipes/default_model_polish.yaml` (actions and, in 30% of the steps, Trace-of-Mark "
-        "answers). The configuration "
+        "Stages on CPU, one thread each (OMP_NUM_THREADS=1), seed 0. First `training/recipes/"
+        "pretrain_vision.py --variant magma-tiny-sim256 --global-weight 8 --steps 3000`: the vision tower and "
+        "projector learn where the three cubes and the TCP are (labels from the recorded frames and states); "
+        "then, with both frozen, `magma-ros train --checkpoint <vision stage> --config "
+        "training/recipes/default_model.yaml` trains the language model on the actions, the `polish` stage "
+        "continues with `training/recipes/default_model_polish.yaml`, and stages `tom1`..`tom3` "
+        "(`default_model_tom{1,2,3}.yaml`) teach it the Trace-of-Mark answer and then sharpen the actions "
+        "again. The configuration "
         f"of the shipped run (`{args.run}`):",
         "",
         "```yaml",
