@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "and write an overlay animation.")
     parser.add_argument("--bringup", default="config/bringup/sim.yaml", help="bringup description to run")
     parser.add_argument("--checkpoint", default="", help="checkpoint directory ('' = the embedded default)")
-    parser.add_argument("--episodes", type=int, default=2, help="episodes per task")
+    parser.add_argument("--episodes", type=int, default=3, help="episodes per task")
     parser.add_argument("--max-steps", type=int, default=30,
                         help="step budget per episode (10 Hz steps; 0 = the task's default: 80 reach, 150 pick; "
                              "the expert needs ~20 for reach, ~40 for pick)")
