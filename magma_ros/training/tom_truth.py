@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike
 
 from magma_ros.backends import PolicyBackend, PolicyOutput
 from magma_ros.codecs import ImageSize, parse_traces
@@ -59,9 +58,9 @@ __all__ = [
     "POLICY_CAMERA",
     "POLICY_RENDER_DETAIL",
     "RECIPE_LABEL_CONFIG",
+    "TRUTH_TRACKER",
     "SimEpisodeLabels",
     "SimTraceSet",
-    "SimTruthTracker",
     "TruthWindow",
     "evaluate_traces_against_sim",
     "label_recording",
@@ -92,18 +91,8 @@ def truth_point_tracks(truth: GroundTruthTracks) -> PointTracks:
     return PointTracks(points, truth.visible & finite)
 
 
-@dataclass(frozen=True, eq=False)
-class SimTruthTracker:
-    """The simulator as a point tracker: follows queries exactly through the window of
-    ``recording`` that starts at step ``start`` (the frames it is handed only set the length)."""
-
-    recording: SimRecording
-    start: int
-    name: str = "sim-truth"
-
-    def track(self, frames: ArrayLike, queries: ArrayLike) -> PointTracks:
-        """Exact tracks of ``queries`` (N, 2) over ``len(frames)`` frames from ``start``."""
-        return truth_point_tracks(self.recording.ground_truth(self.start, len(np.asarray(frames)), queries))
+TRUTH_TRACKER = "sim-truth"
+"""The tracker name recorded with these labels: the simulator's exact motion, no tracker."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,8 +102,8 @@ class TruthWindow:
     ``label``: what :func:`~magma_ros.training.trace_labels.label_window` made of it (its
     ``frames`` hold only the window's first and last frames, enough for
     :func:`~magma_ros.training.trace_labels.render_preview`); ``truth``: the exact tracks of
-    the grid queries (:func:`~magma_ros.training.tracking.grid_queries`) over the window, which
-    ``label.sources`` index.
+    the window's queries (:func:`~magma_ros.training.trace_labels.window_queries`, pixels of the
+    labelled frames), which ``label.sources`` index.
     """
 
     label: WindowLabel
@@ -192,8 +181,8 @@ def label_recording(recording: SimRecording, config: TraceLabelConfig = RECIPE_L
         window = frames[start:start + config.window]
         exact = recording.ground_truth(start, len(window), queries * to_camera)
         truth = GroundTruthTracks(exact.points / to_camera, exact.visible, exact.moving)
-        result = label_window(window, recording.instruction, SimTruthTracker(recording, start), config,
-                              episode_id=episode_id, step=start, tracks=truth_point_tracks(truth))
+        result = label_window(window, recording.instruction, None, config, episode_id=episode_id, step=start,
+                              tracks=truth_point_tracks(truth))
         if isinstance(result, str):
             skipped[result] += 1
             continue

@@ -348,29 +348,39 @@ def _label_grid_marks(frames: NDArray[np.uint8], instruction: str, tracks: Point
         pixel_traces[mark.id] = path
     if not current:
         return "nothing moves"
+    return _window_label(frames, instruction, marks, current, future, pixel_traces, False,
+                         {m.id: i for i, m in enumerate(marks)}, size, config, episode_id, step)
+
+
+def _window_label(frames: NDArray[np.uint8], instruction: str, marks: tuple[Mark, ...],
+                  current: dict[int, tuple[int, int]], future: dict[int, list[tuple[int, int]]],
+                  pixel_traces: dict[int, NDArray[np.float64]], camera_motion: bool, sources: dict[int, int],
+                  size: ImageSize, config: TraceLabelConfig, episode_id: str, step: int) -> WindowLabel:
+    """Magma's question and answer about the moved marks, the marked first frame, and the label."""
     answer = format_traces(current, future, trace_tokens=config.trace_tokens)
-    question = build_tom_query(instruction, max(len(f) for f in future.values()), mark_ids=[m.id for m in marks])
+    mark_ids = sorted(m.id for m in marks)
+    question = build_tom_query(instruction, max(len(f) for f in future.values()), mark_ids=mark_ids)
     check = parse_traces(answer, size)
     if not check.ok:  # the codec's own output must parse; anything else is a bug here
         raise TraceLabelError(f"episode {episode_id} step {step}: labelled answer does not parse: {check.errors}")
     sample = TraceSample(
         episode_id=episode_id, step=int(step), image=draw_marks(frames[0], marks), question=question,
         answer=answer, traces={i: np.asarray(f, dtype=np.int32).reshape(-1, 2) for i, f in future.items()})
-    return WindowLabel(sample, instruction, marks, tuple(current), pixel_traces, False, frames,
-                       {m.id: i for i, m in enumerate(marks)})
+    return WindowLabel(sample, instruction, marks, tuple(current), pixel_traces, camera_motion, frames, sources)
 
 
 def _window_rng(seed: int, episode_id: str, step: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(episode_id.encode()), int(step)])
 
 
-def label_window(frames: NDArray[np.uint8], instruction: str, tracker: PointTracker,
+def label_window(frames: NDArray[np.uint8], instruction: str, tracker: PointTracker | None,
                  config: TraceLabelConfig | None = None, *, episode_id: str = "episode", step: int = 0,
                  tracks: PointTracks | None = None) -> WindowLabel | str:
     """Label one window of frames (T, H, W, 3) uint8 RGB; returns the label or why there is none.
 
-    ``tracks`` (of :func:`window_queries`) may be passed to skip tracking. Deterministic for a
-    given ``config.seed``, ``episode_id`` and ``step``.
+    ``tracks`` (of :func:`window_queries`) may be passed to skip tracking (``tracker`` may then
+    be None, e.g. exact tracks from a simulator). Deterministic for a given ``config.seed``,
+    ``episode_id`` and ``step``.
     """
     config = config if config is not None else TraceLabelConfig()
     frames = check_frames(frames)
@@ -380,6 +390,8 @@ def label_window(frames: NDArray[np.uint8], instruction: str, tracker: PointTrac
     scale = np.array([GRID_SIZE / size.width, GRID_SIZE / size.height])
     queries = window_queries(size, config)
     if tracks is None:
+        if tracker is None:
+            raise TraceLabelError("label_window needs a tracker or the window's tracks")
         tracks = tracker.track(frames, queries)
     if config.marks == "grid":
         return _label_grid_marks(frames, instruction, tracks, size, config, episode_id, step)
@@ -426,17 +438,8 @@ def label_window(frames: NDArray[np.uint8], instruction: str, tracker: PointTrac
         pixel_traces[mark.id] = path
     if not current:
         return "no moving mark could be placed"
-    answer = format_traces(current, future, trace_tokens=config.trace_tokens)
-    mark_ids = sorted(m.id for m in placement.marks)
-    question = build_tom_query(instruction, max(len(f) for f in future.values()), mark_ids=mark_ids)
-    check = parse_traces(answer, size)
-    if not check.ok:  # the codec's own output must parse; anything else is a bug here
-        raise TraceLabelError(f"episode {episode_id} step {step}: labelled answer does not parse: {check.errors}")
-    sample = TraceSample(
-        episode_id=episode_id, step=int(step), image=draw_marks(frames[0], placement.marks), question=question,
-        answer=answer, traces={i: np.asarray(f, dtype=np.int32).reshape(-1, 2) for i, f in future.items()})
-    return WindowLabel(sample, instruction, placement.marks, tuple(current), pixel_traces, camera_motion, frames,
-                       sources)
+    return _window_label(frames, instruction, tuple(placement.marks), current, future, pixel_traces, camera_motion,
+                         sources, size, config, episode_id, step)
 
 
 def window_starts(num_steps: int, config: TraceLabelConfig) -> list[int]:
