@@ -301,6 +301,10 @@ class ServoBridgeParameters(NodeParameters):
     max_step_period_s: float = _param(1.0, "deltas with a longer step_period are rejected", live=True)
     watchdog_enabled: bool = _param(True, "stop streaming when no fresh delta arrived within watchdog_timeout_s")
     watchdog_timeout_s: float = _param(0.2, "longest motion after the last accepted delta (s)", live=True)
+    step_overrun_s: float = _param(0.04, "a step's velocity may go on this long past its period (never past the "
+                                         "watchdog) so the next step takes over from it instead of from rest; "
+                                         "counted in the workspace check; 0 = stop every step at its period; "
+                                         "not used with synchronous_stream", live=True)
     watchdog_from_publish_time: bool = _param(True, "count the watchdog from the delta's DDS publication time "
                                                     "(needs synchronized clocks across hosts); false = from receipt")
     estop_topic: str = _param(ESTOP.name, "std_msgs/Bool: true latches an e-stop until ~/reset_estop")
@@ -333,6 +337,8 @@ class ServoBridgeParameters(NodeParameters):
             gripper_motion_time_s=self.gripper_motion_time_s, diagnostics_period_s=self.diagnostics_period_s)
         _require(self.stream_rate_hz <= 1000, f"stream_rate_hz must be <= 1000, got {self.stream_rate_hz}")
         _require(1 <= self.zero_messages <= 100, f"zero_messages must be in 1..100, got {self.zero_messages}")
+        _require(isinstance(self.step_overrun_s, (int, float)) and 0 <= self.step_overrun_s <= 1,
+                 f"step_overrun_s must be in [0, 1] s, got {self.step_overrun_s}")
         _require(0 <= self.stream_thread_priority <= 99,
                  f"stream_thread_priority must be in 0..99, got {self.stream_thread_priority}")
         _require(self.min_step_period_s < self.max_step_period_s,

@@ -17,7 +17,8 @@ The rules, in the order they are applied:
    (direction kept) so that ``|v| <= min(max_linear_speed, max_linear_step / T)`` and, where
    per-axis caps are set, ``|v_i| <= cap_i`` on every axis; the same for the angular
    velocity. The speed caps (Servo's ``scale``) always apply; the step clamp can be off.
-3. Workspace box on the predicted target ``p + v T``: per axis, a step that would leave the
+3. Workspace box on the predicted target ``p + v (T + overrun)`` (``step_overrun_s``, below):
+   per axis, a step that would leave the
    box is cut so the target lands on the boundary (this may change the direction). The box
    is shrunk by the distance the arm may have moved since the pose was measured. An EE
    outside the box is pulled back only if one capped step reaches the box; further out,
@@ -28,6 +29,13 @@ The rules, in the order they are applied:
    angular separately, as vectors), ``dt`` being the time since the previous sample (at most
    one tick). Braking is never delayed: any part of the change that only scales the previous
    velocity towards zero is free, so stops, zero twists and slower targets act at once.
+5. Overrun: a step's velocity may go on for ``step_overrun_s`` past its period (never past the
+   watchdog) so that the next step, computed while this one moves, takes over from it instead of
+   from rest. Without it a policy whose answer comes a few milliseconds after the step's end
+   makes the arm stop, send zeros and ramp up again under the acceleration limit on every step
+   (at 10 Hz with 1 m/s^2 that is about half the commanded speed). The overrun is part of the
+   workspace check (rule 3); a step that is not followed moves at most ``v * step_overrun_s``
+   further than it asked for. Servo itself holds a twist until its ``incoming_command_timeout``.
 """
 
 from __future__ import annotations
@@ -180,6 +188,7 @@ class SafetyLimits:
     max_delta_age_s: float = 0.5
     min_step_period_s: float = 0.02
     max_step_period_s: float = 1.0
+    step_overrun_s: float = 0.0
 
     def __post_init__(self) -> None:
         positive = {name: getattr(self, name) for name in (
@@ -194,6 +203,8 @@ class SafetyLimits:
             caps = getattr(self, name)
             if len(caps) != 3 or not all(isinstance(c, (int, float)) and not math.isnan(c) and c > 0 for c in caps):
                 raise SafetyConfigError(f"{name} must be three numbers > 0 (inf = no cap), got {caps}")
+        if not (isinstance(self.step_overrun_s, (int, float)) and 0.0 <= self.step_overrun_s <= 1.0):
+            raise SafetyConfigError(f"step_overrun_s must be in [0, 1] s, got {self.step_overrun_s}")
         if self.min_step_period_s >= self.max_step_period_s:
             raise SafetyConfigError(f"min_step_period_s ({self.min_step_period_s}) must be below "
                                     f"max_step_period_s ({self.max_step_period_s})")
@@ -330,7 +341,8 @@ class SafetyFilter:
         for lo, p, hi, v_prev, cap in zip(box.minimum, pose.position, box.maximum, previous.linear,
                                           lim.linear_axis_speeds, strict=True):
             drift = abs(v_prev) * max(pose.age_s, 0.0)
-            bounds.append((max((lo - p + drift) / period, -cap), min((hi - p - drift) / period, cap)))
+            horizon = period + lim.step_overrun_s   # the step may go on for the overrun (rule 5)
+            bounds.append((max((lo - p + drift) / horizon, -cap), min((hi - p - drift) / horizon, cap)))
         return bounds
 
     def _fit_box(self, linear: list[float], bounds: list[tuple[float, float]],
@@ -417,17 +429,24 @@ class CommandStream:
 
     A message sent at time t is what Servo executes until the next tick, so the command is
     sent only while ``t + tick_period_s`` is within its deadline: the earlier of the step's
-    end and the watchdog's. Then ``zero_messages`` zero twists, then silence. Each sample
+    end plus ``overrun_s`` (rule 5 of the module docstring) and the watchdog's. Then
+    ``zero_messages`` zero twists, then silence. A command that starts while the previous one is
+    still streaming (or in its overrun) ramps from the velocity last sent. Each sample
     approaches the command's target under ``acceleration`` (see :func:`ramp`), over the time
     since the previous sample, at most one tick.
     """
 
     def __init__(self, tick_period_s: float, zero_messages: int, watchdog: Watchdog | None = None,
-                 clock: Clock = time.monotonic, acceleration: AccelerationLimit | None = None) -> None:
+                 clock: Clock = time.monotonic, acceleration: AccelerationLimit | None = None,
+                 overrun_s: float = 0.0) -> None:
         if not (math.isfinite(tick_period_s) and tick_period_s > 0) or zero_messages < 1:
             raise SafetyConfigError(f"need tick_period_s > 0 and zero_messages >= 1, got {tick_period_s} / "
                                     f"{zero_messages}")
+        if not (math.isfinite(overrun_s) and overrun_s >= 0):
+            raise SafetyConfigError(f"need overrun_s >= 0, got {overrun_s}")
         self.tick_period_s = tick_period_s
+        self.overrun_s = overrun_s
+        self._next_overrun_s = overrun_s
         self.zero_messages = zero_messages
         self.watchdog = watchdog
         self.acceleration = acceleration
@@ -473,6 +492,7 @@ class CommandStream:
         if self.watchdog is not None:
             self.watchdog.feed(age_s)
         self.acceleration = self._next_acceleration
+        self.overrun_s = self._next_overrun_s
         if command.velocity.is_zero():
             self.stop(StreamEnd.STEP_DONE)
             return
@@ -489,6 +509,14 @@ class CommandStream:
             return
         self.acceleration = AccelerationLimit(min(self.acceleration.linear, acceleration.linear),
                                               min(self.acceleration.angular, acceleration.angular))
+
+    def set_overrun(self, overrun_s: float) -> None:
+        """A new overrun: from the next command (checked against the workspace with it); a shorter one also
+        at once."""
+        if not (math.isfinite(overrun_s) and overrun_s >= 0):
+            raise SafetyConfigError(f"need overrun_s >= 0, got {overrun_s}")
+        self._next_overrun_s = overrun_s
+        self.overrun_s = min(self.overrun_s, overrun_s)
 
     def restrict(self, limit: Callable[[Velocity, float], Velocity]) -> None:
         """Apply tighter limits to the stream in flight: ``limit(velocity, step_period)`` for the target and the
@@ -523,10 +551,11 @@ class CommandStream:
         at = now if at is None else at
         if not self._target.is_zero():
             watchdog_end = self.watchdog.deadline if self.watchdog is not None else math.inf
-            end = min(self._step_end, watchdog_end)
+            step_end = self._step_end + self.overrun_s
+            end = min(step_end, watchdog_end)
             if now + self.tick_period_s <= end:
                 return self._sample(self._ramped(at), at)
-            self.stop(StreamEnd.WATCHDOG if watchdog_end < self._step_end else StreamEnd.STEP_DONE)
+            self.stop(StreamEnd.WATCHDOG if watchdog_end < step_end else StreamEnd.STEP_DONE)
         if self._zeros_left > 0:
             self._zeros_left -= 1
             return self._sample(ZERO, at)

@@ -209,7 +209,7 @@ def test_the_contract_marks_safety_limits_live_and_structure_read_only() -> None
     assert {"max_linear_speed", "max_angular_speed", "max_linear_step_m", "max_angular_step_rad",
             "max_linear_axis_speeds", "max_angular_axis_speeds", "max_linear_acceleration",
             "max_angular_acceleration", "workspace_min_xyz", "workspace_max_xyz", "watchdog_timeout_s",
-            "max_pose_age_s", "max_delta_age_s", "min_step_period_s", "max_step_period_s"} == live
+            "max_pose_age_s", "max_delta_age_s", "min_step_period_s", "max_step_period_s", "step_overrun_s"} == live
     assert not live & {"ee_delta_topic", "twist_topic", "base_frame", "stream_rate_hz", "dry_run",
                        "workspace_enabled", "clamp_enabled", "watchdog_enabled", "acceleration_limit_enabled"}
 
@@ -222,7 +222,8 @@ BAD_AGES = [0.51, -1.0, 1e9, math.nan]
 EDGE_COORDINATES = [0.2, 0.8, 0.0, 0.6, -0.5, 0.5, 0.79999, 0.81, 0.19, 0.95]
 N = 50  # deltas per generated sequence; 200 sequences = 10,000 deltas
 LIMIT_SETS = [LIMITS, replace(LIMITS, linear_axis_speeds=(0.3, 0.05, 0.2), angular_axis_speeds=(0.5, math.inf, 0.2)),
-              replace(LIMITS, clamp_enabled=False), replace(LIMITS, workspace=None, max_linear_speed=0.1)]
+              replace(LIMITS, clamp_enabled=False), replace(LIMITS, workspace=None, max_linear_speed=0.1),
+              replace(LIMITS, step_overrun_s=0.04), replace(LIMITS, step_overrun_s=1.0)]
 
 
 def generated_steps(rnd: random.Random, weird: float) -> list[tuple[Delta | str, Any, bool]]:
@@ -283,7 +284,9 @@ def check_invariants(limits: SafetyLimits, d: Delta, pose: Pose | None, cmd: Com
         assert norm(cmd.velocity.angular) * d.step_period_s <= limits.max_angular_step + EPS
     if limits.workspace is not None:
         assert pose is not None
-        target = [p + v * d.step_period_s for p, v in zip(pose.position, cmd.velocity.linear, strict=True)]
+        # where the step ends if it runs its overrun (the box is convex: from inside, the whole path stays in)
+        horizon = d.step_period_s + limits.step_overrun_s
+        target = [p + v * horizon for p, v in zip(pose.position, cmd.velocity.linear, strict=True)]
         assert limits.workspace.contains(target, tolerance=EPS), (pose, cmd, target)
     elif Adjustment.CLAMPED not in cmd.adjustments:  # not capped and no box: exactly delta / T
         assert cmd.velocity.linear == pytest.approx([v / d.step_period_s for v in d.translation])
@@ -328,8 +331,9 @@ def test_ten_thousand_generated_deltas_never_exceed_the_limits() -> None:
                 continue
             seen["accepted"] += 1
             check_invariants(limits, d, pose, result)
-            if pose_item == "tracked":
-                arm = tuple(p + v * d.step_period_s for p, v in zip(arm, result.velocity.linear, strict=True))
+            if pose_item == "tracked":   # the step is not followed in time: it runs its overrun too
+                horizon = d.step_period_s + limits.step_overrun_s
+                arm = tuple(p + v * horizon for p, v in zip(arm, result.velocity.linear, strict=True))
                 assert limits.workspace is None or BOX.contains(arm, tolerance=EPS)  # it never leaves the box
             previous = result.velocity
 
@@ -520,6 +524,110 @@ def test_restrict_applies_lower_caps_to_the_stream_in_flight() -> None:
     assert sample.angular == pytest.approx((0.0, 0.0, 0.2))
     stream.restrict(LIMITS.cap)  # looser again: the stream in flight does not speed up
     assert stream.next_message().linear == pytest.approx((0.06, 0.08, 0.0))
+
+
+# -- overrun: the next step takes over from the moving arm --------------------------------
+def test_without_overrun_a_late_step_restarts_from_rest_with_it_from_the_velocity_sent() -> None:
+    # The realtime defect: at 10 Hz the policy's next delta arrives a few ms after the step's end; with
+    # no overrun the stream has sent zeros by then and the new step ramps from rest (under 1 m/s^2 the
+    # arm never reaches 0.1 m/s in a 0.1 s step).
+    step = Command(Velocity((0.1, 0.0, 0.0), (0.0, 0.0, 0.0)), 0.1, frozenset())
+    speeds = {}
+    for overrun in (0.0, 0.04):
+        clock = FakeClock()
+        stream = CommandStream(0.02, 3, Watchdog(0.2, clock), clock, ACCEL, overrun_s=overrun)
+        sent: list[Velocity | None] = []
+        for _ in range(10):   # ten steps, each arriving 0.105 s after the previous one
+            stream.start(step)
+            for _ in range(5):
+                sent.append(stream.next_message())
+                clock.t += 0.021
+        zeros = sum(1 for v in sent if v is not None and v.is_zero())
+        speeds[overrun] = [v.linear[0] for v in sent if v is not None and not v.is_zero()]
+        if overrun == 0.0:
+            assert zeros >= 9   # every step ended in zeros before the next one came
+            assert max(speeds[overrun]) < 0.09
+        else:
+            assert zeros == 0
+            assert speeds[overrun][-20:] == pytest.approx([0.1] * 20)   # cruising at the commanded speed
+    # Travelled distance over the ten steps: with the overrun close to the commanded 0.1 m.
+    assert 0.021 * sum(speeds[0.04]) > 0.09 > 0.07 > 0.021 * sum(speeds[0.0])
+
+
+def test_a_lone_step_moves_for_its_period_plus_the_overrun_then_zeros() -> None:
+    clock = FakeClock()
+    stream = CommandStream(0.02, 3, Watchdog(0.5, clock), clock, None, overrun_s=0.04)
+    stream.start(MOVE)   # 0.2 s step
+    out = run_ticks(stream, clock, 20)
+    assert out[:12] == [MOVE.velocity] * 12   # ticks at 0 .. 0.22 s: 0.24 s of motion
+    assert out[12:15] == [ZERO] * 3 and out[15:] == [None] * 5
+    assert stream.ends[StreamEnd.STEP_DONE] == 1
+
+
+def test_the_watchdog_bounds_the_overrun() -> None:
+    clock = FakeClock()
+    stream = CommandStream(0.02, 3, Watchdog(0.2, clock), clock, None, overrun_s=1.0)
+    stream.start(MOVE)
+    out = run_ticks(stream, clock, 16)
+    assert out[:10] == [MOVE.velocity] * 10 and out[10:13] == [ZERO] * 3 and out[13:] == [None] * 3
+    assert stream.ends[StreamEnd.WATCHDOG] == 1
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.floats(0.0, 0.3), st.floats(0.02, 0.5), st.floats(0.05, 0.5), st.lists(st.floats(0.0, 0.6), max_size=12),
+       st.floats(0.001, 0.03))
+def test_motion_never_outlasts_the_step_plus_overrun_nor_the_watchdog(overrun: float, period: float,
+                                                                       watchdog: float, gaps: list[float],
+                                                                       tick: float) -> None:
+    """Steps started ``gaps`` apart, ticked until long after the last: every moving sample (held by
+    Servo until the next tick) ends within min(period + overrun, watchdog) of the latest step's start."""
+    clock = FakeClock()
+    stream = CommandStream(tick, 3, Watchdog(watchdog, clock), clock, ACCEL, overrun_s=overrun)
+    step = replace(MOVE, duration_s=period)
+    starts = [clock.t + sum(gaps[:i]) for i in range(len(gaps) + 1)]
+    limit = min(period + overrun, watchdog)
+    moving, until = 0, starts[-1] + period + overrun + watchdog + 5 * tick
+    while clock.t < until:
+        while starts and starts[0] <= clock.t:
+            starts.pop(0)
+            latest = clock.t
+            stream.start(step)
+        sample = stream.next_message()
+        if sample is not None and not sample.is_zero():
+            moving += 1
+            assert clock.t + tick <= latest + limit + 1e-9
+        clock.t += tick
+    assert moving >= (1 if limit >= tick else 0)
+    assert not stream.active
+
+
+def test_a_longer_overrun_waits_for_the_next_command_a_shorter_one_applies_at_once() -> None:
+    clock = FakeClock()
+    stream = CommandStream(0.02, 3, None, clock, None, overrun_s=0.04)
+    stream.start(MOVE)
+    stream.set_overrun(0.5)   # the step in flight was checked against the box with 0.04 s
+    assert sum(1 for v in run_ticks(stream, clock, 30) if v == MOVE.velocity) == 12
+    stream.start(MOVE)
+    assert sum(1 for v in run_ticks(stream, clock, 40) if v == MOVE.velocity) == 35
+    stream.start(MOVE)
+    stream.set_overrun(0.0)
+    assert sum(1 for v in run_ticks(stream, clock, 30) if v == MOVE.velocity) == 10
+    with pytest.raises(SafetyConfigError):
+        stream.set_overrun(-0.1)
+    with pytest.raises(SafetyConfigError):
+        CommandStream(0.02, 3, overrun_s=math.nan)
+
+
+def test_the_workspace_check_counts_the_overrun() -> None:
+    f = SafetyFilter(replace(LIMITS, step_overrun_s=0.05))
+    cmd = command(f.check(delta(0.04), at(x=0.78)))   # 0.2 s step: the target at +0.04 would leave the box
+    assert 0.78 + cmd.velocity.linear[0] * 0.25 == pytest.approx(0.8)
+    free = command(f.check(delta(0.01), at(x=0.5)))   # far inside: not cut
+    assert free.velocity.linear[0] == pytest.approx(0.05) and Adjustment.WORKSPACE_CUT not in free.adjustments
+    with pytest.raises(SafetyConfigError, match="step_overrun_s"):
+        SafetyLimits(step_overrun_s=-0.01)
+    with pytest.raises(ContractError, match="step_overrun_s"):
+        ServoBridgeParameters(step_overrun_s=2.0)
 
 
 # -- stamps -------------------------------------------------------------------------------

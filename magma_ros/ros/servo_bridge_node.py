@@ -116,7 +116,8 @@ def safety_limits(p: ServoBridgeParameters) -> SafetyLimits:
         max_linear_acceleration=p.max_linear_acceleration, max_angular_acceleration=p.max_angular_acceleration,
         acceleration_limit_enabled=p.acceleration_limit_enabled, workspace=box if p.workspace_enabled else None,
         max_pose_age_s=p.max_pose_age_s, max_delta_age_s=p.max_delta_age_s,
-        min_step_period_s=max(p.min_step_period_s, 1.0 / p.stream_rate_hz), max_step_period_s=p.max_step_period_s)
+        min_step_period_s=max(p.min_step_period_s, 1.0 / p.stream_rate_hz), max_step_period_s=p.max_step_period_s,
+        step_overrun_s=0.0 if p.synchronous_stream else p.step_overrun_s)  # a synchronous answer is one twist
 
 
 def acceleration_limit(limits: SafetyLimits) -> AccelerationLimit | None:
@@ -140,7 +141,8 @@ class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
         self._homing = False
         self.watchdog = Watchdog(p.watchdog_timeout_s) if p.watchdog_enabled else None
         self.stream = CommandStream(1.0 / p.stream_rate_hz, p.zero_messages, self.watchdog,
-                                    acceleration=acceleration_limit(self.filter.limits))
+                                    acceleration=acceleration_limit(self.filter.limits),
+                                    overrun_s=self.filter.limits.step_overrun_s)
         self.estop = EStopLatch()
         self.gripper = GripperHysteresis(p.gripper_open_threshold, p.gripper_close_threshold)
         self._gripper_sent: float | None = None
@@ -242,6 +244,7 @@ class ServoBridgeNode(ManagedNode[ServoBridgeParameters]):
             box_changed = limits.workspace != self.filter.limits.workspace
             self.filter = SafetyFilter(limits)
             self.stream.set_acceleration(acceleration)
+            self.stream.set_overrun(limits.step_overrun_s)
             if self.watchdog is not None:
                 self.watchdog.set_timeout(new.watchdog_timeout_s)
             self.stream.restrict(limits.cap)  # lower caps bind the very next sample

@@ -2,7 +2,7 @@
 
 usage: python training/recipes/pretrain_vision.py DATASET [DATASET ...] --out CHECKPOINT
            [--steps 1000] [--batch-size 32] [--every 2] [--seed 0] [--variant NAME] [--global-weight W]
-           [--state-weight W]
+           [--state-weight W] [--yaw-weight W] [--init CHECKPOINT]
 
 Why (training/recipes/README.md, attempts 3-4): trained from scratch on actions alone, the model
 stays at the instruction-conditional mean action and takes nothing from the frames, because the
@@ -22,7 +22,12 @@ carries where it is, not only what). With ``--global-weight`` (for ``magma-tiny-
 place in the whole frame, so the LM can read the target's place off any image token. With
 ``--state-weight`` every token also regresses the TCP's height and the gripper opening recorded
 with the frame: a pick's phase (hover, descend, close, lift) depends on both, and neither is a
-place in the image. The head
+place in the image. With ``--yaw-weight`` every token also regresses, for each cube, how far the
+hand must turn to square the fingers with the cube's faces (the cube's yaw at the episode's start,
+from the recorded seed's layout, minus the TCP's recorded yaw, modulo a quarter turn, as the sine and
+cosine of four times the angle): the expert's descent waits for it. ``--init`` starts from a
+checkpoint (e.g. a shipped default) instead of a fresh variant and keeps its language model and
+statistics: the tower learns the new targets beside the old ones. The head
 is thrown away: the output is the variant (seed 0) with the trained vision tower and projector,
 a checkpoint for ``magma-ros train --checkpoint``. Held-out
 localization error (pixels at 256x256) is printed every 250 steps and at the end.
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -40,9 +46,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from magma_ros.model import build_tiny_model, save_checkpoint
+from magma_ros.model import build_tiny_model, load_checkpoint, save_checkpoint
 from magma_ros.model.modeling import tile_crop_features
 from magma_ros.model.policy import MagmaPolicy
+from magma_ros.sim.config import SceneConfig
+from magma_ros.sim.scene import sample_layout
 from magma_ros.training.dataset import TrajectoryDataset
 from magma_ros.training.grounding import OBJECTS, CameraProjector, frame_labels
 
@@ -51,17 +59,20 @@ N_OBJ = len(OBJECTS)
 
 
 def load_frames(datasets: list[str], every: int, size: int,
-                processor) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray, list[str]]:  # type: ignore[no-untyped-def]
+                processor) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:  # type: ignore[no-untyped-def]
     """Preprocessed pixel values (N, crops, 3, S, S) in float16, labels (N, 4, 2), label mask
-    (N, 4), the recorded TCP height and gripper opening (N, 2) and the episode id of each frame
-    (for a held-out split by episode)."""
+    (N, 4), the recorded TCP height and gripper opening (N, 2), each cube's grasp yaw error
+    (N, cubes, 2: sine and cosine of four times the angle) and the episode id of each frame (for a
+    held-out split by episode)."""
+    scene = SceneConfig()
     project = CameraProjector(size)
-    pixels, labels, known, states, episodes = [], [], [], [], []
+    pixels, labels, known, states, yaws, episodes = [], [], [], [], [], []
     for root in datasets:
         data = TrajectoryDataset(root)
         index = 0
         for episode_id in data.episode_ids:
             length = data.episode_length(episode_id)
+            layout = {c.color: c.yaw for c in sample_layout(scene, int(data.episode_metadata(episode_id)["seed"]))}
             for step in range(0, length, every):
                 record = data[index + step]
                 frame = np.asarray(record.image)
@@ -73,10 +84,12 @@ def load_frames(datasets: list[str], every: int, size: int,
                 labels.append(row)
                 known.append(mask)
                 states.append((record.state[2], record.state[6]))
+                turn = [4 * (layout[colour] - record.state[5]) for colour in OBJECTS if colour in layout]
+                yaws.append([(np.sin(t), np.cos(t)) for t in turn])
                 episodes.append(f"{root}:{episode_id}")
             index += length
     return (torch.stack(pixels), np.asarray(labels, np.float32), np.asarray(known, bool),
-            np.asarray(states, np.float32), episodes)
+            np.asarray(states, np.float32), np.asarray(yaws, np.float32), episodes)
 
 
 def main(argv: list[str]) -> int:
@@ -93,17 +106,27 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--global-weight", type=float, default=0.0,
                         help="weight of the frame-level target: every token regresses every object's place in "
                              "the frame (for one-crop variants, whose tokens see most of the frame)")
+    parser.add_argument("--yaw-weight", type=float, default=0.0,
+                        help="weight of the grasp-yaw target: every token regresses how far the hand must turn to "
+                             "square the fingers with each cube (the expert's descent waits for it)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from this checkpoint (language model and statistics kept) instead of --variant")
     parser.add_argument("--state-weight", type=float, default=0.0,
                         help="weight of the arm-state target: every token also regresses the TCP's height and the "
                              "gripper opening recorded with the frame (what a pick's phase depends on)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    model, tokenizer = build_tiny_model(args.variant, seed=args.seed)
+    if args.init is not None:
+        loaded = load_checkpoint(args.init, trainable=True)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    else:
+        model, tokenizer = build_tiny_model(args.variant, seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp:   # the processor exactly as the policy node builds it
         policy = MagmaPolicy.from_pretrained(save_checkpoint(model, tokenizer, tmp))
     size = policy.action_frame_size or 256
     started = time.perf_counter()
-    pixels, labels, known, states, episodes = load_frames(args.datasets, args.every, size, policy.image_processor)
+    pixels, labels, known, states, yaw_targets, episodes = load_frames(args.datasets, args.every, size,
+                                                                       policy.image_processor)
     n = len(pixels)
     rows, cols = policy.image_processor(np.zeros((size, size, 3), np.uint8)).image_size
     with torch.no_grad():
@@ -125,7 +148,10 @@ def main(argv: list[str]) -> int:
     # per object: cell logit, offset (2); own cell (2); per object: its place in the frame (2);
     # with --state-weight: the TCP height and the gripper opening (both scaled to 0..1)
     n_state = 2 if args.state_weight > 0 else 0
-    head = torch.nn.Linear(hidden, N_OBJ * 3 + 2 + N_OBJ * 2 + n_state)
+    n_cubes = yaw_targets.shape[1]
+    n_yaw = 2 * n_cubes if args.yaw_weight > 0 else 0
+    head = torch.nn.Linear(hidden, N_OBJ * 3 + 2 + N_OBJ * 2 + n_state + n_yaw)
+    yaw_t = torch.from_numpy(yaw_targets)
     z_low, z_high = float(states[train_idx, 0].min()), float(states[train_idx, 0].max())
     state_t = torch.from_numpy(np.stack([(states[:, 0] - z_low) / max(z_high - z_low, 1e-6),
                                          np.clip(states[:, 1], 0.0, 1.0)], -1).astype(np.float32))
@@ -148,9 +174,15 @@ def main(argv: list[str]) -> int:
                                      indexing="ij"), -1)      # (rows, cols, 2): each cell's own place
 
     def losses(full: torch.Tensor,
-               idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+               idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                         torch.Tensor | None]:
         lab, ok = label_t[idx], known_t[idx]                 # (B, 4, 2), (B, 4)
         state_loss, state_pred = torch.zeros(()), None
+        yaw_loss, yaw_pred = torch.zeros(()), None
+        if n_yaw:   # every token says how far the hand must turn for each cube
+            yaw_pred = torch.tanh(full[..., -n_yaw:]).unflatten(-1, (n_cubes, 2))    # (B, rows, cols, cubes, 2)
+            yaw_loss = (yaw_pred - yaw_t[idx][:, None, None]).abs().sum(-1).mean()
+            full = full[..., :-n_yaw]
         if n_state:   # every token says how high the TCP is and whether the gripper is open
             state_pred = torch.sigmoid(full[..., -n_state:])                       # (B, rows, cols, 2)
             state_loss = (state_pred - state_t[idx][:, None, None]).abs().sum(-1).mean()
@@ -179,26 +211,32 @@ def main(argv: list[str]) -> int:
         reg = (chosen - frac).abs().sum(-1)
         w = ok.float()
         loss = ((ce + 4.0 * reg) * w).sum() / w.sum().clamp(min=1) + 4.0 * where + args.global_weight * glob_loss
-        loss = loss + args.state_weight * state_loss
+        loss = loss + args.state_weight * state_loss + args.yaw_weight * yaw_loss
         # predicted pixel position: the arg-max cell plus its offset
         best = logits.argmax(-1)
         off = offsets.gather(2, best[..., None, None].expand(-1, -1, 1, 2))[:, :, 0]
         px = torch.stack([(best % grid[1] + off[..., 0]) * cell[1], (best // grid[1] + off[..., 1]) * cell[0]], -1)
         err = (px - lab).norm(dim=-1).masked_fill(~ok, float("nan"))
-        return loss, err, glob_err, state_pred
+        return loss, err, glob_err, state_pred, yaw_pred
 
     def evaluate() -> str:
         vision.eval(), projector.eval()
-        errs, glob, state_errs = [], [], []
+        errs, glob, state_errs, yaw_errs = [], [], [], []
         with torch.no_grad():
             for start in range(0, len(eval_idx), 64):
                 idx = eval_idx[start:start + 64]
-                _, err, glob_err, state_pred = losses(forward(idx), idx)
+                _, err, glob_err, state_pred, yaw_pred = losses(forward(idx), idx)
                 errs.append(err), glob.append(glob_err)
                 if state_pred is not None:   # per frame: the tokens' median answer against the record
                     guess = state_pred.flatten(1, 2).median(dim=1).values
                     state_errs.append(torch.stack([(guess[:, 0] - state_t[idx][:, 0]).abs() * (z_high - z_low),
                                                    ((guess[:, 1] > 0.5) == (state_t[idx][:, 1] > 0.5)).float()], -1))
+                if yaw_pred is not None:   # the tokens' median answer, as an angle (degrees), against the label
+                    guess = yaw_pred.flatten(1, 2).median(dim=1).values                    # (B, cubes, 2)
+                    angle = torch.atan2(guess[..., 0], guess[..., 1]) / 4
+                    truth = torch.atan2(yaw_t[idx][..., 0], yaw_t[idx][..., 1]) / 4
+                    miss = torch.remainder(angle - truth + np.pi / 4, np.pi / 2) - np.pi / 4
+                    yaw_errs.append(torch.rad2deg(miss).abs())
         vision.train(), projector.train()
         err, g = torch.cat(errs).numpy(), torch.cat(glob).numpy()
         text = ", ".join(f"{o} {np.nanmedian(err[:, i]):.1f}" for i, o in enumerate(OBJECTS))
@@ -211,6 +249,9 @@ def main(argv: list[str]) -> int:
             height_cm = 100 * s_err[:, 0]
             text += (f"; TCP height {np.median(height_cm):.1f} cm (p90 {np.percentile(height_cm, 90):.1f}),"
                      f" gripper open/closed {s_err[:, 1].mean():.1%} right")
+        if yaw_errs:
+            y_err = torch.cat(yaw_errs).numpy()
+            text += f"; grasp yaw {np.median(y_err):.1f} deg (p90 {np.percentile(y_err, 90):.1f})"
         return text
 
     print(f"held-out median error (px) before training: {evaluate()}", flush=True)
@@ -231,10 +272,13 @@ def main(argv: list[str]) -> int:
                   flush=True)
     model.eval()
     save_checkpoint(model, tokenizer, args.out)
+    if args.init is not None and (args.init / "dataset_statistics.json").is_file():   # the LM's action statistics
+        shutil.copy2(args.init / "dataset_statistics.json", args.out / "dataset_statistics.json")
     (args.out / "vision_pretraining.json").write_text(json.dumps({
         "datasets": args.datasets, "frames": n, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "seed": args.seed, "variant": args.variant, "global_weight": args.global_weight,
-        "state_weight": args.state_weight, "tcp_height_range_m": [z_low, z_high],
+        "state_weight": args.state_weight, "yaw_weight": args.yaw_weight,
+        "init": str(args.init) if args.init is not None else None, "tcp_height_range_m": [z_low, z_high],
         "held_out_episodes": len(held), "held_out_median_error_px": evaluate(),
         "loss_every_10": history[::10]}, indent=1))
     print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
