@@ -105,3 +105,36 @@ def test_default_workcell_has_only_the_third_person_camera():
         assert plain.camera_names == ("third_person",)
         with pytest.raises(FrameError):
             plain.render("wrist")
+
+
+def test_boxes_drawn_after_the_arm_give_the_same_pixels_as_drawn_first(cell):
+    """The workcell draws the table and floor from visual-only bodies made after the arm (cheaper for the
+    TinyRenderer); their invisible collision bodies, made before it, drawn instead must give the same frame."""
+    import pybullet as pb
+
+    client = cell._client
+    segmentation = cell.render("third_person", segmentation=True).segmentation
+    ids = cell.segmentation_ids()
+    assert {"table", "floor"} <= set(ids) and ids["table"] > ids["arm"] and ids["floor"] > ids["table"]
+    assert np.isin([ids["table"], ids["floor"]], segmentation).all()
+    collision_bodies = [b for b in range(pb.getNumBodies(physicsClientId=client))
+                        if b < ids["arm"] and pb.getCollisionShapeData(b, -1, physicsClientId=client)]
+    assert len(collision_bodies) == 2 and not np.isin(collision_bodies, segmentation).any()   # invisible
+
+    for name in ("third_person", "wrist"):
+        fast = cell.render(name)
+        for body in collision_bodies:   # the boxes' looks back on the bodies made first ...
+            size = pb.getVisualShapeData(body, physicsClientId=client)[0][3]
+            look = next(v for v in (pb.getVisualShapeData(ids[n], physicsClientId=client)[0]
+                                    for n in ("table", "floor")) if v[3] == size)
+            pb.changeVisualShape(body, -1, rgbaColor=look[7], physicsClientId=client)
+        for n in ("table", "floor"):    # ... and off the ones made after the arm
+            pb.changeVisualShape(ids[n], -1, rgbaColor=(1, 1, 1, 0), physicsClientId=client)
+        slow = cell.render(name)
+        assert np.array_equal(fast.rgb, slow.rgb)
+        np.testing.assert_array_equal(fast.depth, slow.depth)
+        for body in collision_bodies:
+            pb.changeVisualShape(body, -1, rgbaColor=(1, 1, 1, 0), physicsClientId=client)
+        for n in ("table", "floor"):
+            rgba = next(b.rgba for link, b in cell.description.boxes.items() if link == n)
+            pb.changeVisualShape(ids[n], -1, rgbaColor=rgba, physicsClientId=client)
