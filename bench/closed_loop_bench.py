@@ -76,6 +76,7 @@ def ros_free_loop(bringup, steps: int) -> float:  # type: ignore[no-untyped-def]
     import numpy as np
 
     from magma_ros.backends import create_backend
+    from magma_ros.backends.options import backend_options
     from magma_ros.contract import PolicyNodeParameters, SimArmParameters
     from magma_ros.sim import THIRD_PERSON_CAMERA, SimError, Workcell, WorkcellConfig
     from magma_ros.sim.config import PANDA_FINGER_JOINTS
@@ -88,7 +89,8 @@ def ros_free_loop(bringup, steps: int) -> float:  # type: ignore[no-untyped-def]
                                      if k in {f.name for f in dataclasses.fields(PolicyNodeParameters)}})
     camera = dataclasses.replace(THIRD_PERSON_CAMERA, width=sim.image_width, height=sim.image_height)
     backend = create_backend(policy.backend, checkpoint=policy.checkpoint, dtype=policy.dtype, device=policy.device,
-                             statistics=policy.statistics, temperature=policy.sampling_temperature)
+                             statistics=policy.statistics, temperature=policy.sampling_temperature,
+                             options=backend_options(policy))   # threads etc. as the node runs it
     with Workcell(WorkcellConfig(seed=SEED, cameras=(camera,), arm_urdf=arm_urdf_for(sim.render_detail))) as cell:
         session = EpisodeSession(cell, sim.control_period_s)
         task = choose_task(TASK, SEED, "", steps + 1)

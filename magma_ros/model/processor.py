@@ -139,7 +139,8 @@ class MagmaImageProcessor:
             x = x / 255.0
         x = (x - self._mean) / self._std
         s = self.crop_size
-        x = interpolate(x[None], size=(rows * s, cols * s), mode="bilinear", align_corners=False)[0]
+        if (height, width) != (rows * s, cols * s):   # (at the same size bilinear is the identity)
+            x = interpolate(x[None], size=(rows * s, cols * s), mode="bilinear", align_corners=False)[0]
         crops = x.view(3, rows, s, cols, s).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, s, s)
         return ProcessedImage(pixel_values=crops.contiguous(), image_size=(rows, cols), grid=self.grid)
 
