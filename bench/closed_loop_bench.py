@@ -14,7 +14,9 @@ step at once, see magma_ros.sim.lockstep), without Trace-of-Mark queries (trace_
 Floors: >= 15 steps/s through ROS and ROS adding
 <= 30% per step over the ROS-free loop. Absolute numbers depend on the machine and on what
 else runs on it; the ratio is measured in the same run (the ROS-free loop runs before and
-after the ROS loops and its mean is the reference).
+after the ROS loops and its mean is the reference). Each loop's rate is the median of three
+episodes; a ROS episode is timed from its first control step's status to its last one's (the
+lifecycle calls that start and stop an episode are not control steps).
 
 usage: python bench/closed_loop_bench.py [--steps N] [--render-detail full|low] [--check]
 (--check: exit 1 when a floor fails)
@@ -26,6 +28,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -71,8 +74,9 @@ def _node_values(bringup, executable: str) -> dict:  # type: ignore[no-untyped-d
     return values
 
 
-def ros_free_loop(bringup, steps: int) -> float:  # type: ignore[no-untyped-def]
-    """Steps per second of render -> model -> twist -> one control period, no ROS at all."""
+def ros_free_loop(bringup, steps: int, repeats: int = 3) -> float:  # type: ignore[no-untyped-def]
+    """Steps per second of render -> model -> twist -> one control period, no ROS at all (median of
+    ``repeats`` episodes)."""
     import numpy as np
 
     from magma_ros.backends import create_backend
@@ -115,17 +119,21 @@ def ros_free_loop(bringup, steps: int) -> float:  # type: ignore[no-untyped-def]
         session.reset(task, SEED)
         state = [True]
         step(state)  # warm-up (first render, first model call)
-        session.reset(task, SEED)
-        started = time.perf_counter()
-        for _ in range(steps):
-            step(state)
-        elapsed = time.perf_counter() - started
+        rates = []
+        for _ in range(repeats):
+            session.reset(task, SEED)
+            state = [True]
+            started = time.perf_counter()
+            for _ in range(steps):
+                step(state)
+            rates.append(steps / (time.perf_counter() - started))
     backend.close()
-    return steps / elapsed
+    return statistics.median(rates)
 
 
-def ros_loop(bringup, steps: int, separate_processes: bool, log: Path) -> float:  # type: ignore[no-untyped-def]
-    """Steps per second of the synchronous closed loop through the ROS nodes."""
+def ros_loop(bringup, steps: int, separate_processes: bool, log: Path,  # type: ignore[no-untyped-def]
+             repeats: int = 3) -> float:
+    """Steps per second of the synchronous closed loop through the ROS nodes (median of ``repeats`` episodes)."""
     import rclpy
     from rclpy.logging import LoggingSeverity
 
@@ -153,14 +161,19 @@ def ros_loop(bringup, steps: int, separate_processes: bool, log: Path) -> float:
                 print(f"  WARNING: other publishers in this ROS domain: {crowded}")
             # warm-up episode (model load finished, first render, first model call, DDS paths)
             loop.run(loop.prepare(SEED, TASK, 2), timeout=120.0)
-            status = loop.prepare(SEED, TASK, steps)
-            started = time.perf_counter()
-            final = loop.run(status, timeout=steps * 5.0 + 60.0)
-            elapsed = time.perf_counter() - started
+            rates = []
+            for _ in range(repeats):
+                seen: dict[int, float] = {}   # step -> when its status arrived
+                final = loop.run(loop.prepare(SEED, TASK, steps), timeout=steps * 5.0 + 60.0,
+                                 progress=lambda status, seen=seen: seen.setdefault(status.step, time.perf_counter()))
+                if final.step != steps and not final.success:
+                    raise RuntimeError(f"episode ended after {final.step} of {steps} steps")
+                # the control steps themselves, from the first step's status to the last one's (the
+                # lifecycle calls that start and stop an episode are not control steps)
+                first, last = min(s for s in seen if s >= 1), max(seen)
+                rates.append((last - first) / (seen[last] - seen[first]))
             loop.stop()
-            if final.step != steps and not final.success:
-                raise RuntimeError(f"episode ended after {final.step} of {steps} steps")
-            return final.step / elapsed
+            return statistics.median(rates)
         finally:
             graph.close()
             if processes:

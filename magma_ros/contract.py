@@ -162,6 +162,9 @@ class PolicyNodeParameters(NodeParameters):
     trace_markers_topic: str = _param(TRACE_MARKERS.name, "output: visualization_msgs/MarkerArray")
     base_frame: str = _param("base_link", "robot base frame; frame_id of EndEffectorDelta")
     control_rate_hz: float = _param(5.0, "maximum action rate; 0 = act on every frame the model keeps up with")
+    action_thread: bool = _param(True, "run the model on its own thread, on the newest frame; false = in the "
+                                       "camera callback, on every frame (a synchronous simulator, which waits "
+                                       "for each answer: no hand-over between threads)")
     step_period_s: float = _param(0.2, "time one decoded step is meant to take (EndEffectorDelta.step_period)")
     trace_period_s: float = _param(0.0, "run a Trace-of-Mark query at most this often (s); 0 = never")
     trace_steps: int = _param(8, "future steps asked for in a Trace-of-Mark query")

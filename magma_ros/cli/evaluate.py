@@ -158,6 +158,7 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
         overrides["sim_arm_node"].update(mode="realtime", camera_rate_hz=float(settings.realtime_camera_hz))
         overrides["servo_bridge_node"]["synchronous_stream"] = False
         overrides["magma_policy_node"]["control_rate_hz"] = 0.0
+        overrides["magma_policy_node"]["action_thread"] = True   # the newest frame, as on an arm
     if settings.backend_params:
         overrides["magma_policy_node"] = {**overrides.get("magma_policy_node", {}), **settings.backend_params}
     bringup = bringup.with_overrides(overrides)

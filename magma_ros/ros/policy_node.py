@@ -113,7 +113,8 @@ class PolicyNode(ManagedNode[PolicyNodeParameters]):
         self.own_timer(p.diagnostics_period_s, self._publish_diagnostics)
 
         self._stop.clear()
-        self._threads = [threading.Thread(target=self._run_actions, name="magma-actions", daemon=True)]
+        self._threads = [threading.Thread(target=self._run_actions, name="magma-actions", daemon=True)] \
+            if p.action_thread else []
         if p.trace_period_s > 0:
             self._threads.append(threading.Thread(target=self._run_traces, name="magma-traces", daemon=True))
         for thread in self._threads:
@@ -159,6 +160,9 @@ class PolicyNode(ManagedNode[PolicyNodeParameters]):
             self.counters["rejected"] += 1
             self.counters["bad_stamp"] += 1
             self.get_logger().warning(f"camera frame dropped: {err}", throttle_duration_sec=WARN_PERIOD_S)
+            return
+        if not self.params.action_thread:   # a synchronous simulator waits for this answer: act now
+            self._act_guarded(msg, time.monotonic())
             return
         self._slot.put(msg)
 
@@ -211,12 +215,14 @@ class PolicyNode(ManagedNode[PolicyNodeParameters]):
             if slotted is None:
                 continue
             last_start = time.monotonic()
-            try:
-                self._process(slotted.item, slotted.received_monotonic)
-            except Exception as err:  # the thread must survive anything one frame does
-                self.counters["rejected"] += 1
-                self.get_logger().error(f"frame dropped, unexpected error: {err!r}",
-                                        throttle_duration_sec=WARN_PERIOD_S)
+            self._act_guarded(slotted.item, slotted.received_monotonic)
+
+    def _act_guarded(self, msg: Any, received: float) -> None:
+        try:
+            self._process(msg, received)
+        except Exception as err:  # the thread (or the executor) must survive anything one frame does
+            self.counters["rejected"] += 1
+            self.get_logger().error(f"frame dropped, unexpected error: {err!r}", throttle_duration_sec=WARN_PERIOD_S)
 
     def _age_s(self, header: Any) -> float:
         """Age of a frame's stamp (validated in _on_frame; StampError otherwise)."""

@@ -80,7 +80,7 @@ def synchronous_loop_overrides(checkpoint: str = "") -> dict[str, dict[str, Any]
         "sim_arm_node": {"mode": "synchronous", "autostart_episode": False, "start_paused": True,
                          "continuous": False, "sync_answer_end": "first_twist", "state_rate_hz": 10.0},
         "magma_policy_node": {**({"checkpoint": checkpoint} if checkpoint else {}), "autostart": True,
-                              "use_sim_time": True},
+                              "use_sim_time": True, "action_thread": False},
         "servo_bridge_node": {"autostart": True, "use_sim_time": True, "synchronous_stream": True},
     }
 

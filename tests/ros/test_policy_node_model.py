@@ -115,3 +115,34 @@ def test_trace_queries_publish_markers_and_traces(graph: RosGraph, trace_checkpo
     assert traces == {k: [tuple(p) for p in v] for k, v in expected.items()}
     assert len(with_traces[-1].marks) == 12
     assert annotated and {stamp(a) for a in annotated} <= sent
+
+
+def test_without_the_action_thread_every_frame_is_answered_in_its_callback(graph: RosGraph,
+                                                                           slow_checkpoint: Path) -> None:
+    """action_thread false (a synchronous simulator): the model runs in the camera callback, so frames are
+    answered one by one, in order, none replaced; a malformed frame is dropped and the node goes on."""
+    node = graph.add(PolicyNode(context=graph.context, parameter_overrides=[
+        Parameter("checkpoint", value=str(slow_checkpoint)), Parameter("autostart", value=True),
+        Parameter("control_rate_hz", value=0.0), Parameter("action_thread", value=False)]))
+    assert not node._threads   # no action thread (and no trace thread: trace_period_s is 0)
+    probe = graph.node("probe")
+    predictions = graph.collect(probe, Prediction, contract.PREDICTION.name)
+    camera = probe.create_publisher(Image, contract.CAMERA_IMAGE.name, qos(contract.CAMERA_IMAGE))
+    assert wait_for(lambda: camera.get_subscription_count() > 0, 10)
+    rng = np.random.default_rng(1)
+    sent = []
+    for i in range(6):
+        header = Header(stamp=probe.get_clock().now().to_msg(), frame_id="camera_color_optical_frame")
+        if i == 3:   # 3 bytes short: refused where it is converted, not by the executor
+            bad = numpy_to_image(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), "rgb8", header=header)
+            bad.data = bytes(bad.data)[:-3]
+            camera.publish(bad)
+            assert wait_for(lambda: node.counters["rejected"] == 1, 10)
+            continue
+        camera.publish(numpy_to_image(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), "rgb8", header=header))
+        sent.append((header.stamp.sec, header.stamp.nanosec))
+        expected = len(sent)
+        assert wait_for(lambda expected=expected: len(predictions) == expected, 20)   # answered before the next
+    assert [stamp(p) for p in predictions] == sent
+    c = node.counters
+    assert c["dropped_newer_frame"] == 0 and c["processed"] == 5 and c["received"] == 6, c
