@@ -52,7 +52,9 @@ def recipe_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (out / "data").mkdir()
     (out / "data" / "dataset.json").write_text(json.dumps({"episodes": [{"id": "e0", "steps": 20}]}))
     for name, summary in (("eval_sync", _summary("synchronous", 5000, {"reach": (46, 50), "pick": (31, 50)})),
-                          ("eval_realtime", _summary("realtime", 5000, {"reach": (12, 20), "pick": (5, 20)}))):
+                          ("eval_realtime", _summary("realtime", 5000, {"reach": (12, 20), "pick": (5, 20)})),
+                          ("eval_realtime_10", {**_summary("realtime", 5000, {"reach": (16, 20), "pick": (0, 20)}),
+                                                "camera_hz": 10.0})):
         (out / name).mkdir()
         (out / name / "summary.json").write_text(json.dumps(summary))
     (out / "offline").mkdir()
@@ -90,6 +92,11 @@ def test_ship_default_writes_the_directory_the_default_loads(recipe_run: Path, t
     card = (dest / "README.md").read_text()
     assert "| reach | 50 | 46 | 92% |" in card and "| pick | 50 | 31 | 62% |" in card
     assert "Realtime mode" in card and "| pick | 20 | 5 | 25% |" in card and "median 9.5 px" in card
+    # every realtime run, each with its camera rate (a run without one is from before rates were recorded: 30 Hz)
+    assert "`--realtime 30`" in card and "`--realtime 10`" in card and "| reach | 20 | 16 | 80% |" in card
+    assert card.index("`--realtime 30`") < card.index("`--realtime 10`")
+    assert [run["tasks"]["reach"]["successes"] for run in evaluation["realtime_runs"]] == [12, 16]
+    assert evaluation["realtime"]["tasks"]["reach"]["successes"] == 12 and evaluation["realtime_runs"][1]["camera_hz"] == 10
     # what the demo prints about it
     text = "\n".join(describe_default(evaluation, untrained=False))
     assert "magma-tiny-sim" in text and "reach 46/50 (92%, 95% CI" in text and "realtime" in text

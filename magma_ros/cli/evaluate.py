@@ -224,10 +224,12 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
             graph.close()
     wall_s = time.monotonic() - started
     model_id = frames.model_id or settings.checkpoint or "(embedded default)"
+    camera = {"camera_hz": settings.realtime_camera_hz} if settings.realtime_camera_hz > 0 else {}
     document = summary_document(outcomes, checkpoint=settings.checkpoint or "(embedded default)", model_id=model_id,
                                 bringup=str(bringup.source),
                                 mode="realtime" if settings.realtime_camera_hz > 0 else "synchronous",
                                 control_rate_hz=10.0,
+                                **camera,
                                 wall_s=round(wall_s, 1))
     summary_json = write_json(settings.out / "summary.json", document)
     title = f"{model_id}: closed loop in the simulated workcell"

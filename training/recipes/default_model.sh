@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Build the default model (shipped to checkpoints/magma-tiny by the `ship` stage) end to end from
 # nothing, with the training package's commands only. Status and measured results: README.md here
-# (attempt 6 is the shipped default). Stages:
+# (attempt 7 is the shipped default). Stages:
 #   record (scripted expert, seeds < 5000) -> dataset build -> label-traces (the policy node's grid of
 #   marks) -> vision (the vision tower learns where the cubes and the TCP are: pretrain_vision.py) ->
-#   train, polish (actions) -> tom1..tom3 (Trace-of-Mark answers, then actions again) -> evaluate.
+#   train, polish (actions) -> tom1..tom3 (Trace-of-Mark answers, then actions again) -> vision2 (the
+#   tower also learns the TCP height, the gripper opening and the grasp yaw, from tom3's checkpoint) ->
+#   act2 (actions and Trace-of-Mark again over the new tower) -> evaluate.
 #
 #   training/recipes/default_model.sh [OUT]          # OUT defaults to runs/default_model
 #   STAGES="record build label train" training/recipes/default_model.sh /tmp/repro   # a subset
@@ -18,12 +20,13 @@
 # bit-reproducible on one machine.
 # Wall time on 2 cores (training/recipes/README.md, attempts 5-6): record 12 min (reach 300 and pick 300
 # side by side), build 2 min, label 1.5 min, vision 22 min (3000 steps), train 17 min (4000 steps), polish
-# 17 min (4000 steps), tom1 12 min, tom2 11 min, tom3 5 min (each beside another run), closed-loop
-# evaluation ~2 s per reach success, ~6-11 s per failure: about 2 h in all.
+# 17 min (4000 steps), tom1 12 min, tom2 11 min, tom3 5 min (each beside another run), vision2 ~13 min
+# (1500 steps), act2 ~13 min (3000 steps), closed-loop evaluation ~1 s per reach success, ~4-8 s per
+# failure: about 2.5 h in all.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-runs/default_model}
-STAGES=${STAGES:-"record build label vision train polish tom1 tom2 tom3 heldout evaluate realtime ship"}
+STAGES=${STAGES:-"record build label vision train polish tom1 tom2 tom3 vision2 act2 heldout evaluate realtime ship"}
 MAGMA=${MAGMA:-.venv/bin/magma-ros}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 PYTHONHASHSEED=0
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((100 + RANDOM % 100))}
@@ -33,7 +36,7 @@ PICK_EPISODES=${PICK_EPISODES:-300}; PICK_SEED=1000
 VARIANT=magma-tiny-sim256
 RECIPE=training/recipes/default_model.yaml
 EVAL_EPISODES=${EVAL_EPISODES:-50}; EVAL_SEED=5000
-REALTIME_EPISODES=${REALTIME_EPISODES:-20}; REALTIME_CAMERA_HZ=30
+REALTIME_EPISODES=${REALTIME_EPISODES:-20}; REALTIME_CAMERA_HZ="30 10"   # the issue's 30 Hz, and what 2 cores keep up with
 HELDOUT_EPISODES=10; HELDOUT_SEED=6000
 
 mkdir -p "$OUT"
@@ -93,7 +96,17 @@ for stage in tom1 tom2 tom3; do   # README.md here, attempt 6 (runs T2, T3, T4)
       --config training/recipes/default_model_$stage.yaml --parallel none --device cpu --no-progress
   fi
 done
-MODEL="$OUT/tom3/model"   # what the later stages evaluate and ship
+if has vision2; then   # README.md here, attempt 7: tom3's model, its tower taught three more targets
+  stamp "vision2: the vision tower from tom3 also learns the TCP height, gripper opening and grasp yaw" vision2
+  .venv/bin/python training/recipes/pretrain_vision.py "$OUT/data" --out "$OUT/vision2" --init "$OUT/tom3/model" \
+    --global-weight 8 --state-weight 4 --yaw-weight 4 --steps 1500 --lr 5e-4 --batch-size 32 --seed 0
+fi
+if has act2; then
+  stamp "act2: train on from vision2 with training/recipes/default_model_act2.yaml" act2
+  $MAGMA train --checkpoint "$OUT/vision2" --data "$OUT/data" --out "$OUT/act2" \
+    --config training/recipes/default_model_act2.yaml --parallel none --device cpu --no-progress
+fi
+MODEL="$OUT/act2/model"   # what the later stages evaluate and ship
 if has heldout; then
   # held-out recordings (seeds never trained on) for the offline action and Trace-of-Mark errors
   stamp "held-out recordings + evaluate-offline" heldout
@@ -111,11 +124,13 @@ if has evaluate; then
   $MAGMA evaluate --checkpoint "$MODEL" --task reach pick --episodes "$EVAL_EPISODES" --seed $EVAL_SEED --out "$OUT/eval_sync"
 fi
 if has realtime; then
-  stamp "closed-loop evaluation, realtime (camera $REALTIME_CAMERA_HZ Hz), seeds $EVAL_SEED.." realtime
-  $MAGMA evaluate --checkpoint "$MODEL" --task reach pick --episodes "$REALTIME_EPISODES" --seed $EVAL_SEED \
-    --realtime $REALTIME_CAMERA_HZ --out "$OUT/eval_realtime"
+  for hz in $REALTIME_CAMERA_HZ; do
+    stamp "closed-loop evaluation, realtime (camera $hz Hz), seeds $EVAL_SEED.." realtime
+    $MAGMA evaluate --checkpoint "$MODEL" --task reach pick --episodes "$REALTIME_EPISODES" --seed $EVAL_SEED \
+      --realtime "$hz" --out "$OUT/eval_realtime_$hz"
+  done
 fi
 stamp "done: $OUT"
 if has ship; then
-  .venv/bin/python training/recipes/ship_default.py "$OUT" --run tom3   # -> checkpoints/magma-tiny + model card
+  .venv/bin/python training/recipes/ship_default.py "$OUT" --run act2   # -> checkpoints/magma-tiny + model card
 fi
