@@ -423,6 +423,10 @@ class SimArmParameters(NodeParameters):
     image_height: int = _param(240, "third-person camera height (px)")
     publish_depth: bool = _param(True, "publish aligned depth (32FC1, metres)")
     wrist_camera: bool = _param(False, "also render and publish the wrist camera")
+    render_process: bool = _param(True, "realtime mode: render the cameras in a process of their own, so the sim "
+                                        "keeps stepping and taking twists while a frame renders (frames come out "
+                                        "one render later, stamped with the sim time they show); false = in the "
+                                        "sim's thread. Synchronous mode always renders in its thread")
     render_detail: str = _param("low", "arm meshes the cameras see: low (its collision meshes: about half the "
                                        "render cost) | full (the published visual meshes); record-demos, evaluate "
                                        "and the demo all use this default: a model sees the arm it was trained on")

@@ -64,6 +64,7 @@ from magma_ros.sim import (
 )
 from magma_ros.sim.lockstep import LockstepGate, StepCommand
 from magma_ros.sim.render_detail import arm_urdf_for
+from magma_ros.sim.render_worker import RenderWorker, RenderWorkerError
 from magma_ros.sim.session import EpisodeSession, EpisodeStatus, choose_task
 from magma_ros.sim.transforms import Pose
 
@@ -107,7 +108,8 @@ class SimArmNode(Node):
         camera = dataclasses.replace(THIRD_PERSON_CAMERA, width=p.image_width, height=p.image_height)
         cameras = (camera, WRIST_CAMERA) if p.wrist_camera else (camera,)
         try:
-            self.cell = Workcell(WorkcellConfig(seed=p.seed, cameras=cameras, arm_urdf=arm_urdf_for(p.render_detail)))
+            config = WorkcellConfig(seed=p.seed, cameras=cameras, arm_urdf=arm_urdf_for(p.render_detail))
+            self.cell = Workcell(config)
             self.session = EpisodeSession(self.cell, p.control_period_s)
             self.gate = LockstepGate(p.sync_timeout_s, p.sync_quiet_s, p.sync_answer_end, is_zero=twist_is_zero)
         except SimError as err:
@@ -116,6 +118,14 @@ class SimArmNode(Node):
         self._lock = threading.RLock()
         self._closed = False
         self.paused = True
+        # realtime: frames rendered by a process of their own (magma_ros.sim.render_worker), published when back
+        self._renderer: RenderWorker | None = None
+        if not self.sync and p.render_process:
+            try:
+                self._renderer = RenderWorker(config)
+            except RenderWorkerError as err:
+                self.get_logger().error(f"no render process ({err}): rendering in the sim's thread, which takes no "
+                                        "twists while a frame renders")
         self._anchor: tuple[float, float] | None = None  # realtime: (wall, sim) of the last (re)start
         self._next = {"state": 0, "camera": 0, "control": 1}
         self.counters = {"twists": 0, "accepted": 0, "stale": 0, "out_of_order": 0, "paused": 0, "rejected": 0,
@@ -334,6 +344,7 @@ class SimArmNode(Node):
 
     def _realtime_step(self) -> None:
         with self._lock:
+            self._collect_frames()
             if self.paused or self.session.done:
                 self._anchor = None
                 self._close_running_window()
@@ -448,7 +459,19 @@ class SimArmNode(Node):
                                               pose=pose_message(self.cell.ee_pose())))
 
     def _publish_cameras(self) -> None:
-        """Render and publish the cameras (an observation: synchronous mode now waits for its answer)."""
+        """Render and publish the cameras (an observation: synchronous mode now waits for its answer).
+        With a render process: hand it the scene as it looks now; the frames go out when they come back
+        (:meth:`_collect_frames`), and a frame due while one is still rendering is skipped."""
+        if self._renderer is not None:
+            self._collect_frames()
+            if self._renderer.busy:
+                self.counters["frames_skipped"] += 1
+                self._costs["skipped"] += 1
+                return
+            names = (self._camera.name, WRIST_CAMERA.name) if self._out["wrist"] is not None else (self._camera.name,)
+            tag = (self._header(self._camera.optical_frame), self.session.status().episode)
+            self._renderer.submit(self.cell.look(), names, tag)
+            return
         header = self._header(self._camera.optical_frame)
         started = time.perf_counter()
         frame = self.cell.render(self._camera.name)
@@ -465,6 +488,35 @@ class SimArmNode(Node):
         if self._out["wrist"] is not None:
             wrist = self.cell.render(WRIST_CAMERA.name)
             self._out["wrist"].publish(numpy_to_image(wrist.rgb, "rgb8", header=self._header(wrist.frame_id)))
+        self._publish_objects()
+        self.counters["frames"] += 1
+
+    def _collect_frames(self) -> None:
+        """Publish the render process's frames if they are back (lock held): stamped with the sim time
+        they show; dropped if the episode changed or time was paused meanwhile."""
+        try:
+            rendered = self._renderer.poll() if self._renderer is not None else None
+        except RenderWorkerError as err:
+            self.get_logger().error(f"render process failed ({err}): rendering in the sim's thread from now on")
+            self._renderer.close()
+            self._renderer = None
+            return
+        if rendered is None:
+            return
+        self._costs["render_s"] += rendered.render_s
+        self._costs["frames"] += 1
+        header, episode = rendered.tag
+        if self.paused or self.session.status().episode != episode:
+            return
+        self._out["image"].publish(numpy_to_image(rendered.frames[0].rgb, "rgb8", header=header))
+        if self._out["depth"] is not None:
+            self._out["depth"].publish(numpy_to_image(rendered.frames[0].depth, "32FC1", header=header))
+        self._camera_info.header = header
+        self._out["info"].publish(self._camera_info)
+        if self._out["wrist"] is not None and len(rendered.frames) > 1:
+            wrist = rendered.frames[1]
+            self._out["wrist"].publish(numpy_to_image(wrist.rgb, "rgb8", header=Header(stamp=header.stamp,
+                                                                                      frame_id=wrist.frame_id)))
         self._publish_objects()
         self.counters["frames"] += 1
 
@@ -576,6 +628,8 @@ class SimArmNode(Node):
             self.gate.hold()
             self._step_timer.cancel()
             self._diagnostics_timer.cancel()
+            if self._renderer is not None:
+                self._renderer.close()
             self.cell.close()
 
 

@@ -35,6 +35,16 @@ from magma_ros.sim.transforms import Pose, quat_from_rpy
 WORLD_FRAME = "world"
 
 
+@dataclass(frozen=True)
+class SceneLook:
+    """What a camera would see of a workcell at ``sim_time``: its movable arm joints (pybullet order) and
+    each cube as (colour, world position, world orientation xyzw). Small and picklable."""
+
+    sim_time: float
+    joints: tuple[float, ...]
+    cubes: tuple[tuple[str, tuple[float, ...], tuple[float, ...]], ...]
+
+
 @dataclass(frozen=True, eq=False)
 class JointState:
     """Like ``sensor_msgs/JointState``: arm joints then finger joints (rad, m; rad/s, m/s; Nm, N)."""
@@ -111,6 +121,7 @@ class Workcell:
         }
         self._static_state = pb.saveState(physicsClientId=cid)
         self._cubes: dict[str, int] = {}
+        self._shown_time: float | None = None   # set by show(): the time of the look being rendered
 
     def _place(self, seed: int) -> None:
         """Back to the static snapshot, arm at home, cubes laid out for ``seed``, time 0.
@@ -614,6 +625,33 @@ class Workcell:
         """Pinhole intrinsics of a configured camera (K and P for ``CameraInfo``)."""
         return CameraIntrinsics.from_config(self.camera_config(name))
 
+    def look(self) -> SceneLook:
+        """What the cameras would see now: every movable arm joint and every cube's world pose (for
+        :meth:`show` in another workcell of the same configuration, e.g. a render process)."""
+        self._require_open()
+        cid = self._client
+        joints = tuple(float(s[0]) for s in pb.getJointStates(self._arm, self._movable, physicsClientId=cid))
+        cubes = tuple((color, *pb.getBasePositionAndOrientation(body, physicsClientId=cid))
+                      for color, body in self._cubes.items())
+        return SceneLook(self.sim_time, joints, tuple((c, tuple(p), tuple(q)) for c, p, q in cubes))
+
+    def show(self, look: SceneLook) -> None:
+        """Pose this workcell as ``look`` says, for rendering only: joints and cubes are placed, not
+        simulated (a workcell used this way should not be stepped)."""
+        self._require_open()
+        cid = self._client
+        if len(look.joints) != len(self._movable):
+            raise SceneError(f"a look with {len(look.joints)} joints, this arm has {len(self._movable)}")
+        for index, q in zip(self._movable, look.joints, strict=True):
+            pb.resetJointState(self._arm, index, q, 0.0, physicsClientId=cid)
+        for color, position, orientation in look.cubes:
+            if color not in self._cubes:
+                if color not in self._cube_visuals:
+                    raise SceneError(f"no {color!r} cube in this workcell's scene")
+                self._add_cube(CubePlacement(color, 0.0, 0.0, 0.0))
+            pb.resetBasePositionAndOrientation(self._cubes[color], position, orientation, physicsClientId=cid)
+        self._shown_time = look.sim_time
+
     def render(self, name: str = "third_person", segmentation: bool = False) -> CameraFrame:
         """Render a configured camera: RGB uint8, aligned float32 depth (m), optional segmentation."""
         self._require_open()
@@ -622,6 +660,6 @@ class Workcell:
         rgb, depth, seg = camera_model.render(
             self._client, config, self._base_in_world.compose(pose_base), segmentation
         )
-        return CameraFrame(
-            rgb, depth, seg, CameraIntrinsics.from_config(config), config.optical_frame, self.sim_time, pose_base
-        )
+        stamp = self.sim_time if self._shown_time is None else self._shown_time
+        return CameraFrame(rgb, depth, seg, CameraIntrinsics.from_config(config), config.optical_frame, stamp,
+                           pose_base)

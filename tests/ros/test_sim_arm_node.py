@@ -362,3 +362,31 @@ def test_realtime_says_when_it_cannot_render_at_the_camera_rate(graph: RosGraph)
     assert "renders" in status.message and "camera frames per sim second" in status.message
     assert rig.sim.counters["frames_skipped"] > 0, rig.sim.counters
     rig.client.pause(True)
+
+
+@pytest.mark.parametrize("render_process", [True, False])
+def test_realtime_takes_twists_while_a_frame_renders(graph: RosGraph, render_process: bool) -> None:
+    """A 640x480 camera at 20 Hz renders for most of every second. Rendered in the sim's thread, twists wait
+    behind the frames and arrive stale (older than Servo's 0.1 s); in the render process the sim keeps taking
+    them, and frames still come out in order, stamped with the sim time they show."""
+    rig = Rig(graph, mode="realtime", publish_clock=False, image_width=640, image_height=480, camera_rate_hz=20.0,
+              state_rate_hz=30.0, start_paused=False, autostart_episode=True, publish_depth=False,
+              render_process=render_process)
+    assert (rig.sim._renderer is not None) == render_process
+    assert wait_for(lambda: len(rig.images()) >= 2, 20.0)
+    before = dict(rig.sim.counters)
+    wall_start = time.monotonic()
+    while time.monotonic() - wall_start < 2.0:   # a 50 Hz teleop on the system clock
+        rig.twist(stamp_of(time.time()), linear=(0.02, 0.0, 0.0))
+        time.sleep(0.02)
+    time.sleep(0.5)
+    rig.client.pause(True)
+    counters = rig.sim.counters
+    accepted, stale = counters["accepted"] - before["accepted"], counters["stale"] - before["stale"]
+    stamps = [seconds(m) for m in rig.images()]
+    assert all(b > a for a, b in itertools.pairwise(stamps)) and counters["frames"] >= 5, counters
+    if render_process:
+        assert accepted >= 60 and stale <= 0.1 * (accepted + stale), counters
+        assert counters["frames_skipped"] > 0, counters   # frames due while one rendered were skipped
+    else:
+        assert stale > 0.2 * (accepted + stale), counters
