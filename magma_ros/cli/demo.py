@@ -86,10 +86,14 @@ def describe_default(evaluation: dict | None, untrained: bool) -> list[str]:
     if not evaluation:
         return []
     lines = [str(evaluation.get("description", "")).strip()] if evaluation.get("description") else []
-    for mode in ("synchronous", "realtime"):
-        block = evaluation.get(mode)
+    runs = evaluation.get("realtime_runs")   # every realtime run, each with its camera rate (newer cards)
+    realtime = runs if isinstance(runs, list) else [evaluation.get("realtime")]
+    blocks = [("synchronous", evaluation.get("synchronous")), *(("realtime", run) for run in realtime)]
+    for mode, block in blocks:
         if not isinstance(block, dict):
             continue
+        if mode == "realtime" and isinstance(block.get("camera_hz"), (int, float)):
+            mode = f"realtime, camera {block['camera_hz']:g} Hz"
         rows = []
         for task, row in sorted(block.get("tasks", {}).items()):
             try:
