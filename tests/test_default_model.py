@@ -96,10 +96,12 @@ def test_ship_default_writes_the_directory_the_default_loads(recipe_run: Path, t
     assert "`--realtime 30`" in card and "`--realtime 10`" in card and "| reach | 20 | 16 | 80% |" in card
     assert card.index("`--realtime 30`") < card.index("`--realtime 10`")
     assert [run["tasks"]["reach"]["successes"] for run in evaluation["realtime_runs"]] == [12, 16]
-    assert evaluation["realtime"]["tasks"]["reach"]["successes"] == 12 and evaluation["realtime_runs"][1]["camera_hz"] == 10
+    assert evaluation["realtime"]["tasks"]["reach"]["successes"] == 12
+    assert evaluation["realtime_runs"][1]["camera_hz"] == 10
     # what the demo prints about it
     text = "\n".join(describe_default(evaluation, untrained=False))
     assert "magma-tiny-sim" in text and "reach 46/50 (92%, 95% CI" in text and "realtime" in text
+    assert "realtime, camera 10 Hz" in text and "reach 16/20 (80%" in text
     assert "untrained" not in text
     # the loaded checkpoint decodes with its own statistics
     from magma_ros.codecs.action_statistics import resolve_statistics
