@@ -40,10 +40,14 @@ def shifted(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
                           borderMode=cv2.BORDER_REFLECT)
 
 
+BODY_IDS: dict[str, int] = {}   # the recording workcell's segmentation ids (magma_ros.sim.Workcell)
+
+
 @pytest.fixture(scope="module")
 def recording() -> Iterator[SimRecording]:
     """A short scripted-expert pick episode (40 frames, 4 s, at 256 x 256) with exact point tracks."""
     with Workcell(WorkcellConfig(cameras=(GROUND_TRUTH_CAMERA,))) as cell:
+        BODY_IDS.update(cell.segmentation_ids())   # for the tests below
         yield record_expert_episode(cell, task_for_seed(TaskFamily.PICK.value, 0), 0, 40)
 
 
@@ -198,7 +202,8 @@ def test_ground_truth_is_exact_where_the_scene_is_static(recording):
     queries = grid_queries((256, 256), 15)
     truth = recording.ground_truth(0, 16, queries)
     seg = recording.segmentation[0, queries[:, 1].astype(int), queries[:, 0].astype(int)]
-    table = seg == 1  # body 1: the table box (floor is 0, the arm 2)
+    ids = BODY_IDS
+    table = seg == ids["table"]   # a static box: its base link (link -1 -> no link bits)
     assert table.sum() > 40
     np.testing.assert_allclose(truth.points[:, table], np.repeat(queries[None, table], 16, axis=0), atol=1e-6)
-    assert truth.moving[(seg & 0xFFFFFF) == 2].any()
+    assert truth.moving[(seg & 0xFFFFFF) == ids["arm"]].any()
