@@ -424,6 +424,12 @@ class AccelerationLimit:
             raise SafetyConfigError(f"accelerations must be finite and > 0, got {self.linear} / {self.angular}")
 
 
+def _checked_overrun(overrun_s: float) -> float:
+    if not (math.isfinite(overrun_s) and overrun_s >= 0):
+        raise SafetyConfigError(f"need overrun_s >= 0, got {overrun_s}")
+    return overrun_s
+
+
 class CommandStream:
     """What goes to Servo on each tick: the command for one step period, a few zeros, then nothing.
 
@@ -442,10 +448,8 @@ class CommandStream:
         if not (math.isfinite(tick_period_s) and tick_period_s > 0) or zero_messages < 1:
             raise SafetyConfigError(f"need tick_period_s > 0 and zero_messages >= 1, got {tick_period_s} / "
                                     f"{zero_messages}")
-        if not (math.isfinite(overrun_s) and overrun_s >= 0):
-            raise SafetyConfigError(f"need overrun_s >= 0, got {overrun_s}")
         self.tick_period_s = tick_period_s
-        self.overrun_s = overrun_s
+        self.overrun_s = _checked_overrun(overrun_s)
         self._next_overrun_s = overrun_s
         self.zero_messages = zero_messages
         self.watchdog = watchdog
@@ -513,9 +517,7 @@ class CommandStream:
     def set_overrun(self, overrun_s: float) -> None:
         """A new overrun: from the next command (checked against the workspace with it); a shorter one also
         at once."""
-        if not (math.isfinite(overrun_s) and overrun_s >= 0):
-            raise SafetyConfigError(f"need overrun_s >= 0, got {overrun_s}")
-        self._next_overrun_s = overrun_s
+        self._next_overrun_s = _checked_overrun(overrun_s)
         self.overrun_s = min(self.overrun_s, overrun_s)
 
     def restrict(self, limit: Callable[[Velocity, float], Velocity]) -> None:

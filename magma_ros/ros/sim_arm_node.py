@@ -34,6 +34,7 @@ import dataclasses
 import math
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -58,6 +59,7 @@ from magma_ros.sim import (
     CUBE_COLORS,
     THIRD_PERSON_CAMERA,
     WRIST_CAMERA,
+    CameraFrame,
     SimError,
     Workcell,
     WorkcellConfig,
@@ -480,16 +482,7 @@ class SimArmNode(Node):
         if self.sync and not self.paused and not self.session.done:
             # before publishing: answers may come at once
             self.gate.observation_published(time.monotonic(), header.stamp.sec * 1_000_000_000 + header.stamp.nanosec)
-        self._out["image"].publish(numpy_to_image(frame.rgb, "rgb8", header=header))
-        if self._out["depth"] is not None:
-            self._out["depth"].publish(numpy_to_image(frame.depth, "32FC1", header=header))
-        self._camera_info.header = header
-        self._out["info"].publish(self._camera_info)
-        if self._out["wrist"] is not None:
-            wrist = self.cell.render(WRIST_CAMERA.name)
-            self._out["wrist"].publish(numpy_to_image(wrist.rgb, "rgb8", header=self._header(wrist.frame_id)))
-        self._publish_objects()
-        self.counters["frames"] += 1
+        self._send_frame(header, frame, lambda: self.cell.render(WRIST_CAMERA.name))
 
     def _collect_frames(self) -> None:
         """Publish the render process's frames if they are back (lock held): stamped with the sim time
@@ -508,15 +501,21 @@ class SimArmNode(Node):
         header, episode = rendered.tag
         if self.paused or self.session.status().episode != episode:
             return
-        self._out["image"].publish(numpy_to_image(rendered.frames[0].rgb, "rgb8", header=header))
+        wrist = rendered.frames[1] if len(rendered.frames) > 1 else None
+        self._send_frame(header, rendered.frames[0], None if wrist is None else lambda: wrist)
+
+    def _send_frame(self, header: Header, frame: CameraFrame, wrist: Callable[[], CameraFrame] | None) -> None:
+        """Publish one observation: image, depth and CameraInfo under ``header``, then the wrist image
+        (``wrist`` renders or returns it; only asked for when the wrist camera is on) and the objects."""
+        self._out["image"].publish(numpy_to_image(frame.rgb, "rgb8", header=header))
         if self._out["depth"] is not None:
-            self._out["depth"].publish(numpy_to_image(rendered.frames[0].depth, "32FC1", header=header))
+            self._out["depth"].publish(numpy_to_image(frame.depth, "32FC1", header=header))
         self._camera_info.header = header
         self._out["info"].publish(self._camera_info)
-        if self._out["wrist"] is not None and len(rendered.frames) > 1:
-            wrist = rendered.frames[1]
-            self._out["wrist"].publish(numpy_to_image(wrist.rgb, "rgb8", header=Header(stamp=header.stamp,
-                                                                                      frame_id=wrist.frame_id)))
+        if self._out["wrist"] is not None and wrist is not None:
+            view = wrist()
+            self._out["wrist"].publish(numpy_to_image(view.rgb, "rgb8",
+                                                      header=Header(stamp=header.stamp, frame_id=view.frame_id)))
         self._publish_objects()
         self.counters["frames"] += 1
 

@@ -18,7 +18,7 @@ import contextlib
 import multiprocessing
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -64,7 +64,7 @@ def _serve(connection: Connection, config: WorkcellConfig) -> None:
             started = time.perf_counter()
             try:
                 cell.show(look)
-                frames = tuple(replace(cell.render(name), stamp=look.sim_time) for name in cameras)
+                frames = tuple(cell.render(name) for name in cameras)   # stamped with look.sim_time (show)
                 connection.send(("frames", RenderedLook(look, frames, time.perf_counter() - started, tag)))
             except Exception as err:
                 connection.send(("error", f"render failed: {err!r}\n{traceback.format_exc(limit=3)}"))

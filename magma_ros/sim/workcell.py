@@ -179,17 +179,16 @@ class Workcell:
 
     # ------------------------------------------------------------------ scene building
 
-    def _build_boxes(self) -> dict[str, int]:
+    def _build_boxes(self) -> None:
         """Static boxes of the description (table, floor), placed by their frames: their collision bodies,
         drawn by :meth:`_draw_boxes`."""
-        bodies = {}
         for link, box in self.description.boxes.items():
             anchor, pose = self.description.resolve(link)
             if anchor != WORLD_FRAME:
                 raise DescriptionError(f"box link {link!r} must hang off {WORLD_FRAME!r}, not {anchor!r}")
             half = [s / 2.0 for s in box.size]
             position, orientation = pose.as_tuple()
-            bodies[link] = pb.createMultiBody(
+            pb.createMultiBody(
                 baseMass=0.0,
                 baseCollisionShapeIndex=pb.createCollisionShape(
                     pb.GEOM_BOX, halfExtents=half, physicsClientId=self._client
@@ -202,7 +201,6 @@ class Workcell:
                 baseOrientation=orientation,
                 physicsClientId=self._client,
             )
-        return bodies
 
     def _draw_boxes(self) -> dict[str, int]:
         """The boxes' looks: visual-only bodies made after the arm, smallest first. The TinyRenderer draws in
