@@ -39,6 +39,7 @@ class ExpertConfig:
     hover_height: float = 0.10
     grasp_depth: float = 0.0
     lift_height: float = 0.12
+    lift_speed: float = 0.08
     position_tolerance: float = 0.008
     yaw_tolerance: float = 0.05
     close_steps: int = 5
@@ -53,6 +54,7 @@ class ExpertConfig:
             "max_rotation_speed",
             "hover_height",
             "lift_height",
+            "lift_speed",
             "position_tolerance",
             "yaw_tolerance",
             "open_width",
@@ -108,10 +110,12 @@ class ScriptedExpert:
 
     # ---------------------------------------------------------------- control laws
 
-    def _servo_to(self, observation: Observation, target: NDArray[np.float64], yaw: float, width: float) -> Action:
+    def _servo_to(self, observation: Observation, target: NDArray[np.float64], yaw: float, width: float,
+                  max_speed: float | None = None) -> Action:
         """Proportional twist towards ``target`` with the tool down at heading ``yaw``."""
         cfg = self.config
-        linear = _clip_norm(cfg.position_gain * (target - observation.ee_pose.position), cfg.max_speed)
+        speed = cfg.max_speed if max_speed is None else max_speed
+        linear = _clip_norm(cfg.position_gain * (target - observation.ee_pose.position), speed)
         desired = quat_multiply(quat_from_rpy(0.0, 0.0, yaw), TOOL_DOWN)
         error = rotation_vector(quat_multiply(desired, quat_conjugate(observation.ee_pose.orientation)))
         angular = _clip_norm(cfg.rotation_gain * error, cfg.max_rotation_speed)
@@ -156,12 +160,13 @@ class ScriptedExpert:
                 self._enter(Phase.LIFT)
             return Action.create(np.zeros(3), np.zeros(3), 0.0)
 
-        # LIFT: carry the cube up and hold it there.
+        # LIFT: carry the cube up and hold it there, at ``lift_speed``: at the bottom, where the
+        # fingers may still be settling, the hand moves about as little as while it closes.
         if observation.gripper_width < 0.5 * cfg.cube_size:  # slipped out
             return self._retry()
         start = self._lift_from if self._lift_from is not None else ee
         target = start + np.array([0.0, 0.0, cfg.lift_height])
-        return self._servo_to(observation, target, yaw, 0.0)
+        return self._servo_to(observation, target, yaw, 0.0, max_speed=cfg.lift_speed)
 
     def _enter(self, phase: Phase) -> None:
         self.phase = phase

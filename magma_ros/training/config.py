@@ -107,6 +107,8 @@ class TrainConfig:
     (Magma's); > 0 scores it against a Gaussian over the neighbouring bins with that standard
     deviation (in bins), so a prediction one bin off costs less than one at the far end of the
     range (:func:`magma_ros.training.losses.smoothed_answer_loss`). Held-out losses stay plain.
+    Trace loss: ``trace_smoothing_px`` > 0 does the same for the coordinates of Trace-of-Mark
+    answers (integers on the 256 grid), with that standard deviation in pixels of the grid.
     """
 
     seed: int = 0
@@ -123,6 +125,7 @@ class TrainConfig:
     tom_mixing: str = "example"
     freeze: tuple[str, ...] = ()
     action_smoothing_bins: float = 0.0
+    trace_smoothing_px: float = 0.0
     action_frame_size: int = 256
     tom_frame_size: int | None = None
     precision: str = "bf16"
@@ -166,6 +169,8 @@ class TrainConfig:
             raise _fail(source, "tom_mixing", f"must be one of {TOM_MIXING}, got {self.tom_mixing!r}")
         if not (math.isfinite(self.action_smoothing_bins) and 0.0 <= self.action_smoothing_bins <= 64.0):
             raise _fail(source, "action_smoothing_bins", f"must be in [0, 64] bins, got {self.action_smoothing_bins}")
+        if not (math.isfinite(self.trace_smoothing_px) and 0.0 <= self.trace_smoothing_px <= 64.0):
+            raise _fail(source, "trace_smoothing_px", f"must be in [0, 64] px, got {self.trace_smoothing_px}")
         if self.weight_decay < 0 or not math.isfinite(self.weight_decay):
             raise _fail(source, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

@@ -54,7 +54,7 @@ from magma_ros.training.collate import (
     split_episodes,
 )
 from magma_ros.training.config import TrainConfig
-from magma_ros.training.losses import smoothed_answer_loss
+from magma_ros.training.losses import coordinate_token_ids, smoothed_answer_loss
 from magma_ros.training.parallelize import (
     DistContext,
     TrainingModule,
@@ -224,6 +224,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config))
         self.encoder = ExampleEncoder(self._policy(), self.sources, config.action_frame_size, config.tom_frame_size)
         self.codec = ActionCodec(self.tokenizer.base_vocab_size)
+        self.coordinate_ids = coordinate_token_ids(self.tokenizer)
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.autocast = self.device.type == "cuda" and config.precision == "bf16"
@@ -298,9 +299,10 @@ class Trainer:
             with context:
                 out = self._forward(batch)
                 loss = out.loss
-                if cfg.action_smoothing_bins > 0:
+                if cfg.action_smoothing_bins > 0 or cfg.trace_smoothing_px > 0:
                     loss = smoothed_answer_loss(out.logits, out.targets, out.example_index, len(refs),
-                                                self.codec.token_range, cfg.action_smoothing_bins)
+                                                self.codec.token_range, cfg.action_smoothing_bins,
+                                                self.coordinate_ids, cfg.trace_smoothing_px)
                 (loss / cfg.grad_accum).backward()
             total += loss.detach() / cfg.grad_accum
         grad_norm = torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad],

@@ -92,3 +92,28 @@ def test_expert_retries_when_the_fingers_close_on_nothing(cell):
         action = expert(observe(cell, 0, "pick up the red cube"))
     assert expert.phase is Phase.APPROACH and expert.attempts == 2
     assert action.gripper_width == expert.config.open_width and action.linear[2] > 0
+
+
+def test_expert_lifts_slowly_so_a_grasp_is_not_torn_from_settling_fingers():
+    # Every action of the lift phase moves the hand at most lift_speed; the approach still flies at
+    # max_speed. A policy imitating it then cannot mistake the first lift step for a full-speed jump
+    # while the fingers are still closing (what the attempt-7 model did: close and rise 25 mm at once).
+    from magma_ros.sim.expert import ExpertConfig, Phase
+
+    task = task_for_seed("pick", 3)
+    expert = ScriptedExpert(task)
+    speeds: dict[Phase, list[float]] = {phase: [] for phase in Phase}
+
+    def policy(observation):
+        action = expert(observation)
+        speeds[expert.phase].append(float(np.linalg.norm(action.linear)))
+        return action
+
+    result = run_episode(task, 3, policy)
+    assert result.success
+    config = ExpertConfig()
+    assert speeds[Phase.LIFT], "the episode never lifted"
+    assert max(speeds[Phase.LIFT]) <= config.lift_speed + 1e-9
+    assert max(speeds[Phase.APPROACH]) == pytest.approx(config.max_speed)
+    with pytest.raises(TaskError, match="lift_speed"):
+        ExpertConfig(lift_speed=0.0)

@@ -181,6 +181,25 @@ def test_action_smoothing_scores_the_step_with_the_smoothed_loss(base_checkpoint
     assert losses[8.0] != pytest.approx(losses[0.0], rel=1e-3)   # the smoothed loss is another loss
 
 
+def test_trace_smoothing_scores_trace_answers_with_the_smoothed_loss(base_checkpoint, tmp_path):
+    from magma_ros.training.losses import smoothed_answer_loss
+
+    source = _traced_source()
+    losses = {}
+    for sigma in (0.0, 4.0):
+        config = small_config(steps=1, tom_ratio=1.0, tom_mixing="step", trace_smoothing_px=sigma)
+        trainer = _trainer(config, base_checkpoint, source, tmp_path / str(sigma))
+        refs, positions = trainer._micro_batches(0)[0]
+        assert {r.kind for r in refs} == {"tom"}
+        with torch.no_grad():
+            out = trainer._forward(trainer._batch(refs, positions, 0, augment=True))
+        expected = smoothed_answer_loss(out.logits, out.targets, out.example_index, len(refs),
+                                        trainer.codec.token_range, 0.0, trainer.coordinate_ids, sigma)
+        losses[sigma] = trainer.train_step()
+        assert losses[sigma] == pytest.approx(float(expected), rel=1e-5)
+    assert losses[4.0] != pytest.approx(losses[0.0], rel=1e-3)
+
+
 def test_lora_from_disk_trains_adapters_and_merges_on_export(base_checkpoint, source, tmp_path):
     config = small_config(lora=LoraConfig(rank=4, alpha=8.0), lr=1e-2, steps=6, save_every=6)
     trainer = _trainer(config, base_checkpoint, source, tmp_path)
@@ -224,7 +243,7 @@ def test_resumed_run_continues_the_same_curve(base_checkpoint, tmp_path):
             first.last_state_dir)
 
 
-def test_tom_prompts_are_mixed_in_and_evaluated(base_checkpoint, tmp_path):
+def _traced_source() -> DataSource:
     from magma_ros.training.records import TraceSample
 
     source = synthetic_source(episodes=4, steps=3)
@@ -234,6 +253,11 @@ def test_tom_prompts_are_mixed_in_and_evaluated(base_checkpoint, tmp_path):
                 "marks in the image for the next 2 steps?")
     source.traces = [TraceSample(f"ep{e}", 0, rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), question, answer,
                                  {1: np.array([[34, 40], [38, 41]])}) for e in range(4)]
+    return source
+
+
+def test_tom_prompts_are_mixed_in_and_evaluated(base_checkpoint, tmp_path):
+    source = _traced_source()
     config = small_config(steps=2, tom_ratio=0.5, eval_generate=1, eval_tom_max_new_tokens=8, save_every=100)
     trainer = _trainer(config, base_checkpoint, source, tmp_path)
     refs = [r for step in range(20) for refs, _ in trainer._micro_batches(step) for r in refs]
