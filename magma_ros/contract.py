@@ -477,4 +477,23 @@ class SimArmParameters(NodeParameters):
 PARAMETER_CLASSES[SimArmParameters.NODE_NAME] = SimArmParameters
 
 SIM_RUNTIME_PARAMETERS = SimArmParameters.live_parameters()
+
+
+@dataclass
+class ExpertTeleopParameters(NodeParameters):
+    """Parameters of ``expert_teleop`` (the scripted expert as a Servo teleoperator; record-demos runs it)."""
+
+    NODE_NAME = "expert_teleop"
+
+    perturb_std: float = _param(0.0, "a shaky hand (DART): zero-mean Gaussian noise of this standard deviation "
+                                     "(m/s, per axis) on the twist while the expert approaches and descends, "
+                                     "seeded by the episode's seed; the expert corrects it at the next step, so the "
+                                     "recording shows its recovery from off-path states. 0 = none")
+
+    def __post_init__(self) -> None:
+        _require(math.isfinite(self.perturb_std) and 0.0 <= self.perturb_std <= 0.25,
+                 f"perturb_std must be in [0, 0.25] m/s, got {self.perturb_std}")
+
+
+PARAMETER_CLASSES[ExpertTeleopParameters.NODE_NAME] = ExpertTeleopParameters
 """sim_arm_node parameters that may change while it runs (read at the next ~/reset): its ``live`` fields."""

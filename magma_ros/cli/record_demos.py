@@ -13,6 +13,7 @@ metadata.yaml: seed, task, instruction, success, steps) and ``OUT/index.json`` l
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -30,6 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output directory (created; existing episodes are refused)")
     parser.add_argument("--max-steps", type=int, default=0, help="step budget per episode (0 = the task's default)")
     parser.add_argument("--wrist-camera", action="store_true", help="also record the wrist camera")
+    parser.add_argument("--perturb-std", type=float, default=0.0, metavar="M_PER_S",
+                        help="shake the expert's hand: zero-mean noise of this std (m/s, per axis) on its twist while "
+                             "it approaches and descends, seeded by each episode's seed (DART); the recording then "
+                             "shows it recovering from off-path states. 0 = none")
     parser.add_argument("--keep-failures", action=argparse.BooleanOptionalAction, default=True,
                         help="keep the bags of episodes the expert failed (marked success: false)")
     parser.set_defaults(func=run)
@@ -45,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--episodes must be at least 1, got {args.episodes}")
     if not 0 <= args.seed < 2**32 - args.episodes:
         return _fail(f"--seed must be in [0, 2**32 - episodes), got {args.seed}")
+    if not (math.isfinite(args.perturb_std) and 0.0 <= args.perturb_std <= 0.25):
+        return _fail(f"--perturb-std must be in [0, 0.25] m/s, got {args.perturb_std}")
     out = Path(args.out).expanduser()
     bags = [out / f"episode_{i:04d}" for i in range(args.episodes)]
     taken = [b for b in bags if b.exists()]
@@ -86,6 +93,9 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
                       # the expert answers each observation with one twist (after a gripper command, on change):
                       # the step runs as soon as that twist is in, no wall-clock wait
                       "sync_answer_end": "first_twist"}
+    driver = "ScriptedExpert over ROS (Servo twist + gripper JointTrajectory at 10 Hz)"
+    if args.perturb_std > 0:
+        driver += f", perturbed while approaching and descending (std {args.perturb_std:g} m/s per axis)"
     progress = ProgressLine()
     print(f"magma-ros record-demos: {args.episodes} '{args.task}' episode(s) from seed {args.seed} -> {out}")
     index: list[dict] = []
@@ -94,7 +104,7 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
         sim = SimArmNode(parameter_overrides=[Parameter(k, value=v) for k, v in sim_parameters.items()])
         render_detail = sim.params.render_detail   # the look of the arm the frames show (evaluate: the same)
         sim_time = [Parameter("use_sim_time", value=True)]
-        expert = ExpertTeleopNode(parameter_overrides=sim_time)
+        expert = ExpertTeleopNode(parameter_overrides=[*sim_time, Parameter("perturb_std", value=args.perturb_std)])
         recorder = DemoRecorder(topics, parameter_overrides=sim_time)
         control = rclpy.create_node("magma_record_demos")
         graph = RunningGraph([sim, expert, recorder, control])
@@ -123,7 +133,7 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
                     seed=seed, task=final.task, color=final.color, instruction=final.instruction,
                     success=final.success, steps=final.step, max_steps=final.max_steps, sim_time_s=final.sim_time,
                     start_time_s=final.start_time, control_rate_hz=round(1.0 / sim.params.control_period_s, 6),
-                    driver="ScriptedExpert over ROS (Servo twist + gripper JointTrajectory at 10 Hz)").to_dict()
+                    driver=driver).to_dict()
                 metadata.pop("messages")
                 counts = recorder.stop(metadata)
                 wall = time.monotonic() - episode_start

@@ -6,7 +6,8 @@ cubes are (sim_arm_node's ground-truth markers). It learns the task from the epi
 status. For each observation (one cube-marker message per control step, 10 Hz) it answers
 exactly like a Servo teleop: a TwistStamped (speed units, base frame, stamped now) on
 Servo's ``delta_twist_cmds``, preceded by a gripper JointTrajectory whenever the commanded
-opening changes. It never touches the simulator directly.
+opening changes. It never touches the simulator directly. ``perturb_std`` > 0 shakes its hand
+(:class:`~magma_ros.sim.expert.PerturbedExpert`, seeded by each episode's seed).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from visualization_msgs.msg import MarkerArray
 
 from magma_ros import contract
-from magma_ros.ros.runtime import qos
+from magma_ros.ros.runtime import declare_parameters, qos
 from magma_ros.sim import Observation, Pose, ScriptedExpert, make_task
 from magma_ros.sim.config import PANDA_FINGER_JOINTS
+from magma_ros.sim.expert import PerturbedExpert
 from magma_ros.sim.session import EpisodeStatus
 from magma_ros.sim.workcell import JointState
 
-NODE_NAME = "expert_teleop"
+NODE_NAME = contract.ExpertTeleopParameters.NODE_NAME
 BASE_FRAME = "panda_link0"
 GRIPPER_MOTION_S = 0.5
 
@@ -55,7 +57,8 @@ class ExpertTeleopNode(Node):
         self._joints: JointStateMsg | None = None
         self._objects: MarkerArray | None = None
         self._status: EpisodeStatus | None = None
-        self._expert: ScriptedExpert | None = None
+        self.params = declare_parameters(self, contract.ExpertTeleopParameters)
+        self._expert: ScriptedExpert | PerturbedExpert | None = None
         self._episode = -1
         self._answered_ns = -1
         self._gripper_sent: float | None = None
@@ -92,8 +95,9 @@ class ExpertTeleopNode(Node):
             self._status = EpisodeStatus.from_json(msg.data)
             if self._status.episode != self._episode:
                 self._episode = self._status.episode
-                self._expert = ScriptedExpert(make_task(self._status.task, self._status.color,
-                                                        self._status.max_steps))
+                expert = ScriptedExpert(make_task(self._status.task, self._status.color, self._status.max_steps))
+                self._expert = (PerturbedExpert(expert, self.params.perturb_std, self._status.seed)
+                                if self.params.perturb_std > 0 else expert)
                 self._gripper_sent = None
 
     def _answer(self) -> None:

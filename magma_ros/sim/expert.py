@@ -8,6 +8,12 @@ no teleporting, no grasp constraints.
 Reach: fly to the point 5 cm above the cube, hand pointing down. Pick: hover above the cube
 with the fingers turned to its faces, descend, close, and lift; if the fingers close on
 nothing or the cube slips out, open and try again.
+
+:class:`PerturbedExpert` is the same expert with a shaky hand (DART, Laskey et al. 2017):
+zero-mean noise on its twist while it approaches and descends. A recording then holds states
+off the expert's own path together with the expert's correction from them, which a policy
+that imitates it needs as soon as its own small errors take it off that path; the mean of the
+recorded motion at a state is still the expert's.
 """
 
 from __future__ import annotations
@@ -177,3 +183,26 @@ class ScriptedExpert:
         self._enter(Phase.APPROACH)
         up = np.array([0.0, 0.0, self.config.max_speed])
         return Action.create(up, np.zeros(3), self.config.open_width)
+
+
+class PerturbedExpert:
+    """A :class:`ScriptedExpert` whose linear twist gets N(0, ``std``) noise per axis (m/s) while it
+    approaches and descends; closing and lifting stay exact. ``seed`` fixes the noise (one episode)."""
+
+    def __init__(self, expert: ScriptedExpert, std: float, seed: int) -> None:
+        if not (math.isfinite(std) and std >= 0.0):
+            raise TaskError(f"expert: perturbation std must be a finite number >= 0, got {std}")
+        self.expert = expert
+        self.std = std
+        self._rng = np.random.default_rng(seed)
+
+    @property
+    def phase(self) -> Phase:
+        return self.expert.phase
+
+    def __call__(self, observation: Observation) -> Action:
+        action = self.expert(observation)
+        if self.std <= 0.0 or self.expert.phase not in (Phase.APPROACH, Phase.DESCEND):
+            return action
+        noise = self._rng.normal(0.0, self.std, 3)
+        return Action.create(action.linear + noise, action.angular, action.gripper_width)

@@ -18,6 +18,7 @@ from magma_ros.bags import BagReader
 from magma_ros.bringup import load_bringup
 from magma_ros.ros.bringup_runner import node_class
 from magma_ros.ros.sim_episodes import ClosedLoop, synchronous_loop_overrides
+from magma_ros.sim.expert import ExpertConfig
 from magma_ros.sim.session import choose_task
 from tests.ros.harness import VENV_BIN, RosGraph, wait_for
 from tests.ros.test_sim_arm_node import Collector, seconds
@@ -50,9 +51,14 @@ def test_record_demos_writes_one_readable_bag_per_episode(tmp_path: Path) -> Non
             assert {c.topic for c in reader.connections} == RECORDED
             stamps: dict[str, list[int]] = {}
             decoded = {}
+            speeds = []
             for message in reader.messages():
                 stamps.setdefault(message.topic, []).append(message.timestamp)
                 decoded[message.topic] = reader.deserialize(message)  # every type decodes with rosbags
+                if message.topic == contract.SERVO_TWIST.name:
+                    v = decoded[message.topic].twist.linear
+                    speeds.append(float(np.linalg.norm([v.x, v.y, v.z])))
+            assert max(speeds) <= ExpertConfig().max_speed + 1e-9   # an unshaken expert keeps its speed limit
             for topic, times in stamps.items():
                 assert all(b >= a for a, b in itertools.pairwise(times)), f"{topic} stamps go back"
                 assert times[0] >= round(meta["start_time_s"] * 1e9), topic
@@ -65,6 +71,27 @@ def test_record_demos_writes_one_readable_bag_per_episode(tmp_path: Path) -> Non
             assert json.loads(decoded[contract.SIM_EPISODE.name].data)["success"] is True
             image = decoded[contract.CAMERA_IMAGE.name]
             assert (image.width, image.height, image.encoding) == (320, 240, "rgb8")
+
+
+def test_record_demos_can_shake_the_experts_hand(tmp_path: Path) -> None:
+    out = tmp_path / "shaken"
+    result = magma_ros("record-demos", "--task", "reach", "--episodes", "1", "--seed", "5", "--perturb-std", "0.1",
+                       "--out", str(out))
+    assert "expert success 1/1" in result.stdout
+    meta = json.loads((out / "episode_0000" / "episode.json").read_text())
+    assert "perturbed" in meta["driver"] and "0.1 m/s" in meta["driver"]
+    with BagReader(out / "episode_0000") as reader:
+        speeds = []
+        for message in reader.messages():
+            if message.topic != contract.SERVO_TWIST.name:
+                continue
+            v = reader.deserialize(message).twist.linear
+            speeds.append(float(np.linalg.norm([v.x, v.y, v.z])))
+    # the expert's own twist never exceeds max_speed; the noise it is given on top of it does
+    assert len(speeds) == meta["steps"] and max(speeds) > ExpertConfig().max_speed + 0.01
+    bad = subprocess.run([str(VENV_BIN / "magma-ros"), "record-demos", "--task", "reach", "--perturb-std", "-1",
+                          "--out", str(tmp_path / "bad")], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "--perturb-std must be in [0, 0.25]" in bad.stderr
 
 
 def test_evaluate_runs_end_to_end(tmp_path: Path, tiny_checkpoint: Path) -> None:

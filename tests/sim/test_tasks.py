@@ -117,3 +117,50 @@ def test_expert_lifts_slowly_so_a_grasp_is_not_torn_from_settling_fingers():
     assert max(speeds[Phase.APPROACH]) == pytest.approx(config.max_speed)
     with pytest.raises(TaskError, match="lift_speed"):
         ExpertConfig(lift_speed=0.0)
+
+
+def test_a_shaken_expert_is_noisy_only_while_it_approaches_and_descends_and_still_succeeds():
+    from magma_ros.sim.expert import PerturbedExpert, Phase
+
+    task = task_for_seed("pick", 7)
+
+    def run(std: float, seed: int):
+        expert = PerturbedExpert(ScriptedExpert(task), std, seed)
+        twists: list[tuple[Phase, np.ndarray, np.ndarray]] = []
+
+        def policy(observation):
+            exact = expert.expert.__class__(task)           # what an unshaken expert would answer here ...
+            exact.phase, exact._phase_steps = expert.expert.phase, expert.expert._phase_steps
+            exact._yaw, exact._lift_from = expert.expert._yaw, expert.expert._lift_from
+            reference = exact(observation)                   # ... from the same internal state
+            action = expert(observation)
+            twists.append((expert.phase, action.linear - reference.linear, action.angular - reference.angular))
+            return action
+
+        return run_episode(task, 7, policy), twists
+
+    result, twists = run(0.05, seed=7)
+    assert result.success
+    noisy = [d for phase, d, _ in twists if phase in (Phase.APPROACH, Phase.DESCEND)]
+    exact = [d for phase, d, _ in twists if phase in (Phase.CLOSE, Phase.LIFT)]
+    assert exact and all(np.array_equal(d, np.zeros(3)) for d in exact)       # grasp and lift are untouched
+    assert all(np.array_equal(w, np.zeros(3)) for _, _, w in twists)         # so is every rotation
+    spread = np.std(np.concatenate(noisy))
+    assert 0.03 < spread < 0.07 and all(np.any(d != 0) for d in noisy)
+    again, twists_again = run(0.05, seed=7)                                    # seeded: the same episode
+    assert again.steps == result.steps and all(np.array_equal(a[1], b[1]) for a, b in zip(twists, twists_again,
+                                                                                          strict=True))
+    _, other = run(0.05, seed=8)
+    assert not np.array_equal(other[0][1], twists[0][1])
+    with pytest.raises(TaskError, match="perturbation std"):
+        PerturbedExpert(ScriptedExpert(task), float("nan"), 0)
+
+
+def test_the_teleop_contract_bounds_the_shake():
+    from magma_ros.contract import PARAMETER_CLASSES, ContractError, ExpertTeleopParameters
+
+    assert PARAMETER_CLASSES["expert_teleop"] is ExpertTeleopParameters
+    assert ExpertTeleopParameters().perturb_std == 0.0
+    for bad in (-0.01, 0.3, float("inf")):
+        with pytest.raises(ContractError, match="perturb_std"):
+            ExpertTeleopParameters(perturb_std=bad)

@@ -6,12 +6,13 @@
 #   marks) -> vision (the vision tower learns where the cubes and the TCP are: pretrain_vision.py) ->
 #   train, polish (actions) -> tom1..tom3 (Trace-of-Mark answers, then actions again) -> vision2 (the
 #   tower also learns the TCP height, the gripper opening and the grasp yaw, from tom3's checkpoint) ->
-#   act2 (actions and Trace-of-Mark again over the new tower) -> evaluate.
+#   act2 (actions and Trace-of-Mark again over the new tower) -> act3 (actions and Trace-of-Mark on the
+#   recordings of the slow-lifting expert, shaken ones included, trace coordinates smoothed) -> evaluate.
 #
 #   training/recipes/default_model.sh [OUT]          # OUT defaults to runs/default_model
 #   STAGES="record build label train" training/recipes/default_model.sh /tmp/repro   # a subset
 #
-# Seeds: training demonstrations reach 0..299 and pick 1000..1299; held-out recordings for the
+# Seeds: training demonstrations reach 0..299, pick 1000..1299 and shaken pick 1300..1599 (--perturb-std); held-out recordings for the
 # offline Trace-of-Mark check reach/pick 6000..6009; closed-loop evaluation reach/pick 5000..5049.
 # No seed >= 5000 is ever recorded for training.
 #
@@ -26,13 +27,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-runs/default_model}
-STAGES=${STAGES:-"record build label vision train polish tom1 tom2 tom3 vision2 act2 heldout evaluate realtime ship"}
+STAGES=${STAGES:-"record build label vision train polish tom1 tom2 tom3 vision2 act2 act3 heldout evaluate realtime ship"}
 MAGMA=${MAGMA:-.venv/bin/magma-ros}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 PYTHONHASHSEED=0
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((100 + RANDOM % 100))}
 
 REACH_EPISODES=${REACH_EPISODES:-300}; REACH_SEED=0
 PICK_EPISODES=${PICK_EPISODES:-300}; PICK_SEED=1000
+SHAKEN_EPISODES=${SHAKEN_EPISODES:-300}; SHAKEN_SEED=1300; SHAKE=0.08   # m/s per axis (README.md here, attempt 8)
 VARIANT=magma-tiny-sim256
 RECIPE=training/recipes/default_model.yaml
 EVAL_EPISODES=${EVAL_EPISODES:-50}; EVAL_SEED=5000
@@ -49,8 +51,9 @@ stamp() {  # log a stage start; the previous stage's wall time goes to OUT/timin
 }
 
 if has record; then
-  stamp "record: reach $REACH_EPISODES from seed $REACH_SEED, pick $PICK_EPISODES from seed $PICK_SEED" record
-  # the two recorders side by side (one core each), each on its own ROS domain; a failed one stops the recipe
+  stamp "record: reach $REACH_EPISODES from seed $REACH_SEED, pick $PICK_EPISODES from seed $PICK_SEED, shaken pick \
+$SHAKEN_EPISODES from seed $SHAKEN_SEED" record
+  # the recorders side by side, each on its own ROS domain; a failed one stops the recipe
   pids=()
   if [ ! -d "$OUT/demos/reach" ]; then
     ROS_DOMAIN_ID=$((ROS_DOMAIN_ID + 1)) $MAGMA record-demos --task reach --episodes "$REACH_EPISODES" \
@@ -60,12 +63,17 @@ if has record; then
     $MAGMA record-demos --task pick --episodes "$PICK_EPISODES" --seed $PICK_SEED --out "$OUT/demos/pick" \
       > "$OUT/record_pick.log" 2>&1 & pids+=($!)
   fi
+  if [ ! -d "$OUT/demos/pick_shaken" ]; then
+    ROS_DOMAIN_ID=$((ROS_DOMAIN_ID + 2)) $MAGMA record-demos --task pick --episodes "$SHAKEN_EPISODES" \
+      --seed $SHAKEN_SEED --perturb-std $SHAKE --out "$OUT/demos/pick_shaken" > "$OUT/record_pick_shaken.log" 2>&1 &
+    pids+=($!)
+  fi
   for pid in "${pids[@]}"; do wait "$pid"; done
-  tail -n 1 "$OUT/record_reach.log" "$OUT/record_pick.log" 2>/dev/null || true
+  tail -n 1 "$OUT/record_reach.log" "$OUT/record_pick.log" "$OUT/record_pick_shaken.log" 2>/dev/null || true
 fi
 if has build; then
   stamp "dataset build" build
-  $MAGMA dataset build "$OUT/demos/reach" "$OUT/demos/pick" --spec config/datasets/sim_panda.yaml --out "$OUT/data" --workers 1 --no-progress
+  $MAGMA dataset build "$OUT/demos/reach" "$OUT/demos/pick" "$OUT/demos/pick_shaken" --spec config/datasets/sim_panda.yaml --out "$OUT/data" --workers 1 --no-progress
 fi
 if has label; then
   # windows of 9 frames = the first frame + the 8 future steps the policy node asks for (trace_steps: 8),
@@ -106,7 +114,12 @@ if has act2; then
   $MAGMA train --checkpoint "$OUT/vision2" --data "$OUT/data" --out "$OUT/act2" \
     --config training/recipes/default_model_act2.yaml --parallel none --device cpu --no-progress
 fi
-MODEL="$OUT/act2/model"   # what the later stages evaluate and ship
+if has act3; then
+  stamp "act3: train on from act2 with training/recipes/default_model_act3.yaml" act3
+  $MAGMA train --checkpoint "$OUT/act2/model" --data "$OUT/data" --out "$OUT/act3" \
+    --config training/recipes/default_model_act3.yaml --parallel none --device cpu --no-progress
+fi
+MODEL="$OUT/act3/model"   # what the later stages evaluate and ship
 if has heldout; then
   # held-out recordings (seeds never trained on) for the offline action and Trace-of-Mark errors
   stamp "held-out recordings + evaluate-offline" heldout
@@ -132,5 +145,5 @@ if has realtime; then
 fi
 stamp "done: $OUT"
 if has ship; then
-  .venv/bin/python training/recipes/ship_default.py "$OUT" --run act2   # -> checkpoints/magma-tiny + model card
+  .venv/bin/python training/recipes/ship_default.py "$OUT" --run act3   # -> checkpoints/magma-tiny + model card
 fi
