@@ -44,6 +44,7 @@ class ExpertConfig:
     max_rotation_speed: float = 0.6
     hover_height: float = 0.10
     grasp_depth: float = 0.0
+    close_height: float = 0.015
     lift_height: float = 0.12
     lift_speed: float = 0.08
     position_tolerance: float = 0.008
@@ -61,6 +62,7 @@ class ExpertConfig:
             "hover_height",
             "lift_height",
             "lift_speed",
+            "close_height",
             "position_tolerance",
             "yaw_tolerance",
             "open_width",
@@ -153,7 +155,11 @@ class ScriptedExpert:
             horizontal = np.linalg.norm((target - ee)[:2])
             if horizontal > 3 * cfg.position_tolerance + 0.01:  # the cube moved: hover again
                 self._enter(Phase.APPROACH)
-            elif np.linalg.norm(target - ee) < cfg.position_tolerance and yaw_error < cfg.yaw_tolerance:
+            elif horizontal < cfg.position_tolerance and (ee - target)[2] < cfg.close_height \
+                    and yaw_error < cfg.yaw_tolerance:
+                # close from close_height above the grasp point down: the fingers still reach around the
+                # cube there (a grasp holds from 2.5 cm above its centre to 1 cm below), and a policy that
+                # judges the hand's height from a camera to a centimetre or two sees one rule, "low: close"
                 self._enter(Phase.CLOSE)
                 return Action.create(np.zeros(3), np.zeros(3), 0.0)
             return self._servo_to(observation, target, yaw, cfg.open_width)
@@ -187,13 +193,16 @@ class ScriptedExpert:
 
 class PerturbedExpert:
     """A :class:`ScriptedExpert` whose linear twist gets N(0, ``std``) noise per axis (m/s) while it
-    approaches and descends; closing and lifting stay exact. ``seed`` fixes the noise (one episode)."""
+    approaches and descends, until the hand is within ``quiet_height`` of the target cube's centre
+    (pick): the last centimetres before the grasp, the close and the lift stay exact, so the moment
+    to close looks the same in every recording. ``seed`` fixes the noise (one episode)."""
 
-    def __init__(self, expert: ScriptedExpert, std: float, seed: int) -> None:
+    def __init__(self, expert: ScriptedExpert, std: float, seed: int, quiet_height: float = 0.04) -> None:
         if not (math.isfinite(std) and std >= 0.0):
             raise TaskError(f"expert: perturbation std must be a finite number >= 0, got {std}")
         self.expert = expert
         self.std = std
+        self.quiet_height = quiet_height
         self._rng = np.random.default_rng(seed)
 
     @property
@@ -203,6 +212,10 @@ class PerturbedExpert:
     def __call__(self, observation: Observation) -> Action:
         action = self.expert(observation)
         if self.std <= 0.0 or self.expert.phase not in (Phase.APPROACH, Phase.DESCEND):
+            return action
+        cube = observation.cube_poses.get(self.expert.task.color)
+        if (self.expert.task.family is TaskFamily.PICK and cube is not None
+                and observation.ee_pose.position[2] - cube.position[2] < self.quiet_height):
             return action
         noise = self._rng.normal(0.0, self.std, 3)
         return Action.create(action.linear + noise, action.angular, action.gripper_width)

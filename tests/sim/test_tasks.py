@@ -119,7 +119,7 @@ def test_expert_lifts_slowly_so_a_grasp_is_not_torn_from_settling_fingers():
         ExpertConfig(lift_speed=0.0)
 
 
-def test_a_shaken_expert_is_noisy_only_while_it_approaches_and_descends_and_still_succeeds():
+def test_a_shaken_expert_is_noisy_only_on_its_way_to_the_cube_and_still_succeeds():
     from magma_ros.sim.expert import PerturbedExpert, Phase
 
     task = task_for_seed("pick", 7)
@@ -134,17 +134,22 @@ def test_a_shaken_expert_is_noisy_only_while_it_approaches_and_descends_and_stil
             exact._yaw, exact._lift_from = expert.expert._yaw, expert.expert._lift_from
             reference = exact(observation)                   # ... from the same internal state
             action = expert(observation)
-            twists.append((expert.phase, action.linear - reference.linear, action.angular - reference.angular))
+            height = observation.ee_pose.position[2] - observation.cube_poses[task.color].position[2]
+            twists.append((expert.phase, action.linear - reference.linear, action.angular - reference.angular,
+                           height))
             return action
 
         return run_episode(task, 7, policy), twists
 
     result, twists = run(0.05, seed=7)
     assert result.success
-    noisy = [d for phase, d, _ in twists if phase in (Phase.APPROACH, Phase.DESCEND)]
-    exact = [d for phase, d, _ in twists if phase in (Phase.CLOSE, Phase.LIFT)]
+    moving = [(d, h) for phase, d, _, h in twists if phase in (Phase.APPROACH, Phase.DESCEND)]
+    exact = [d for phase, d, _, _ in twists if phase in (Phase.CLOSE, Phase.LIFT)]
     assert exact and all(np.array_equal(d, np.zeros(3)) for d in exact)       # grasp and lift are untouched
-    assert all(np.array_equal(w, np.zeros(3)) for _, _, w in twists)         # so is every rotation
+    assert all(np.array_equal(w, np.zeros(3)) for _, _, w, _ in twists)      # so is every rotation
+    noisy = [d for d, height in moving if height >= 0.04]
+    quiet = [d for d, height in moving if height < 0.04]                      # the last 4 cm above the cube
+    assert quiet and all(np.array_equal(d, np.zeros(3)) for d in quiet)
     spread = np.std(np.concatenate(noisy))
     assert 0.03 < spread < 0.07 and all(np.any(d != 0) for d in noisy)
     again, twists_again = run(0.05, seed=7)                                    # seeded: the same episode
@@ -164,3 +169,23 @@ def test_the_teleop_contract_bounds_the_shake():
     for bad in (-0.01, 0.3, float("inf")):
         with pytest.raises(ContractError, match="perturb_std"):
             ExpertTeleopParameters(perturb_std=bad)
+
+
+def test_the_expert_closes_once_the_hand_is_low_over_the_cube():
+    # the close rule: centred within position_tolerance, below close_height over the grasp point, fingers square
+    from magma_ros.sim.expert import ExpertConfig, Phase
+
+    task = task_for_seed("pick", 11)
+    expert = ScriptedExpert(task)
+    heights: list[float] = []
+
+    def policy(observation):
+        phase = expert.phase
+        action = expert(observation)
+        if phase is Phase.DESCEND and expert.phase is Phase.CLOSE:
+            cube = observation.cube_poses[task.color].position
+            heights.append(float(observation.ee_pose.position[2] - cube[2]))
+        return action
+
+    assert run_episode(task, 11, policy).success
+    assert len(heights) == 1 and 0.0 < heights[0] < ExpertConfig().close_height
