@@ -1,0 +1,161 @@
+"""Why does a checkpoint fail in closed loop? Step-by-step traces of the model driving the workcell.
+
+    .venv/bin/python training/recipes/closed_loop_trace.py CHECKPOINT --task pick --seed 5000 --episodes 10 \
+        [--verbose] [--max-steps N] [--out DIR]
+
+ROS-free (sim + model called directly, as ``bench/closed_loop_bench.py``'s ROS-free loop): each step
+renders the third-person camera, asks the model for its action, applies it as the Servo bridge would
+(twist = delta / step period, gripper open above 0.5), and records beside it what a scripted expert
+running alongside would answer from the same state. That expert keeps its own phase (it never
+hovered where the model did), so read its answer as "where the target is from here", not as the
+label the model was trained on. Per step: the hand's offset from
+the target cube (cm; base frame), the gripper opening, the hand's yaw error to the cube's nearest
+face, the model's delta (mm) and gripper command, the expert's twist (mm per step) and phase.
+
+``--out`` writes ``<task>_<seed>.csv`` per episode and ``summary.json`` (successes, steps, gripper
+closes per episode). This is the diagnostic behind training/recipes/README.md's attempt 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import itertools
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+FIELDS = ("step", "dx_cm", "dy_cm", "dz_cm", "gripper_width_cm", "yaw_error_rad", "model_dx_mm", "model_dy_mm",
+          "model_dz_mm", "model_dyaw_mrad", "model_gripper", "expert_dx_mm", "expert_dy_mm", "expert_dz_mm",
+          "expert_phase")
+
+
+def trace_episode(backend, cell, session, family: str, seed: int, max_steps: int = 0,  # type: ignore[no-untyped-def]
+                  step_period: float = 0.1) -> tuple[list[dict], bool]:
+    """Run one episode with ``backend`` driving; returns (rows, success)."""
+    from magma_ros.sim import SimError
+    from magma_ros.sim.config import PANDA_FINGER_JOINTS
+    from magma_ros.sim.episode import observe
+    from magma_ros.sim.expert import ScriptedExpert
+    from magma_ros.sim.session import choose_task
+    from magma_ros.sim.transforms import yaw_of
+
+    task = choose_task(family, seed, "", max_steps)
+    status = session.reset(task, seed)
+    expert = ScriptedExpert(task)
+    ticks = round(step_period / cell.timestep)
+    gripper_open = True
+    rows: list[dict] = []
+    for step in range(task.max_steps):
+        observation = observe(cell, step, task.instruction)
+        hint = expert(observation)
+        output = backend.act(cell.render(cell.camera_names[0]).rgb, task.instruction)
+        action = np.asarray(output.action, dtype=np.float64)
+        usable = output.valid and bool(np.all(np.isfinite(action)))
+        if usable:
+            with contextlib.suppress(SimError):   # a twist the servo refuses: the arm halts, as over ROS
+                cell.command_twist(action[:3] / step_period, action[3:6] / step_period, cell.sim_time,
+                                   cell.base_frame)
+            opened = bool(action[6] > 0.5)
+            if opened != gripper_open:
+                gripper_open = opened
+                cell.command_gripper_joints(list(PANDA_FINGER_JOINTS), [0.04 if opened else 0.0] * 2)
+        cube = observation.cube_poses[task.color]
+        offset = (observation.ee_pose.position - cube.position) * 100.0
+        yaw_error = math.remainder(yaw_of(cube.orientation) - yaw_of(observation.ee_pose.orientation), math.pi / 2)
+        rows.append({
+            "step": step, "dx_cm": offset[0], "dy_cm": offset[1], "dz_cm": offset[2],
+            "gripper_width_cm": observation.gripper_width * 100.0, "yaw_error_rad": yaw_error,
+            "model_dx_mm": action[0] * 1e3 if usable else float("nan"),
+            "model_dy_mm": action[1] * 1e3 if usable else float("nan"),
+            "model_dz_mm": action[2] * 1e3 if usable else float("nan"),
+            "model_dyaw_mrad": action[5] * 1e3 if usable else float("nan"),
+            "model_gripper": (1 if action[6] > 0.5 else 0) if usable else -1,
+            "expert_dx_mm": hint.linear[0] * step_period * 1e3, "expert_dy_mm": hint.linear[1] * step_period * 1e3,
+            "expert_dz_mm": hint.linear[2] * step_period * 1e3, "expert_phase": expert.phase.value,
+        })
+        cell.step_ticks(ticks)
+        status = session.control_step_done()
+        if status.success or session.done:
+            break
+    return rows, bool(status.success)
+
+
+def closes(rows: list[dict]) -> int:
+    """How many times the model's gripper command went from open to closed."""
+    commands = [1] + [r["model_gripper"] for r in rows if r["model_gripper"] >= 0]
+    return sum(1 for a, b in itertools.pairwise(commands) if a == 1 and b == 0)
+
+
+def _line(seed: int, r: dict) -> str:
+    return (f"{seed} k{r['step']:3d} hand-cube cm {r['dx_cm']:5.1f} {r['dy_cm']:5.1f} {r['dz_cm']:5.1f} "
+            f"w {r['gripper_width_cm']:4.1f} yaw {r['yaw_error_rad']:5.2f} | model mm {r['model_dx_mm']:5.1f} "
+            f"{r['model_dy_mm']:5.1f} {r['model_dz_mm']:5.1f} g {r['model_gripper']} | expert mm "
+            f"{r['expert_dx_mm']:5.1f} {r['expert_dy_mm']:5.1f} {r['expert_dz_mm']:5.1f} {r['expert_phase']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--task", choices=("reach", "pick"), default="pick")
+    parser.add_argument("--seed", type=int, default=5000)
+    parser.add_argument("--episodes", type=int, default=1)
+    parser.add_argument("--max-steps", type=int, default=0, help="step budget (0 = the task's)")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    parser.add_argument("--statistics", default="sim_panda", help="action statistics (the checkpoint's own first)")
+    parser.add_argument("--verbose", action="store_true", help="print every step")
+    parser.add_argument("--out", type=Path, help="write <task>_<seed>.csv per episode and summary.json here")
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error("--episodes must be at least 1")
+
+    from magma_ros.backends import BackendError, create_backend
+    from magma_ros.contract import SimArmParameters
+    from magma_ros.sim import THIRD_PERSON_CAMERA, Workcell, WorkcellConfig
+    from magma_ros.sim.render_detail import arm_urdf_for
+    from magma_ros.sim.session import EpisodeSession
+
+    try:
+        backend = create_backend(args.backend, checkpoint=args.checkpoint, statistics=args.statistics)
+    except BackendError as err:
+        print(f"closed_loop_trace: {err}", file=sys.stderr)
+        return 2
+    sim = SimArmParameters()   # the camera and arm look record-demos and evaluate use
+    camera = dataclasses.replace(THIRD_PERSON_CAMERA, width=sim.image_width, height=sim.image_height)
+    episodes = []
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    with Workcell(WorkcellConfig(seed=args.seed, cameras=(camera,), arm_urdf=arm_urdf_for(sim.render_detail))) as cell:
+        session = EpisodeSession(cell, sim.control_period_s)
+        for seed in range(args.seed, args.seed + args.episodes):
+            rows, success = trace_episode(backend, cell, session, args.task, seed, args.max_steps,
+                                          sim.control_period_s)
+            if args.verbose:
+                for r in rows:
+                    print(_line(seed, r))
+            episodes.append({"seed": seed, "success": success, "steps": len(rows), "closes": closes(rows)})
+            print(f"{args.task} seed {seed}: {'success' if success else 'failure'} after {len(rows)} steps, "
+                  f"{closes(rows)} gripper close(s)", flush=True)
+            if args.out:
+                with (args.out / f"{args.task}_{seed}.csv").open("w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=FIELDS)
+                    writer.writeheader()
+                    writer.writerows(rows)
+    backend.close()
+    wins = sum(e["success"] for e in episodes)
+    last = args.seed + len(episodes) - 1
+    print(f"{args.task}: {wins}/{len(episodes)} successes (ROS-free, seeds {args.seed}..{last})")
+    if args.out:
+        (args.out / "summary.json").write_text(json.dumps(
+            {"checkpoint": str(args.checkpoint), "task": args.task, "successes": wins, "episodes": episodes},
+            indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
