@@ -108,7 +108,8 @@ class TrainConfig:
     deviation (in bins), so a prediction one bin off costs less than one at the far end of the
     range (:func:`magma_ros.training.losses.smoothed_answer_loss`). Held-out losses stay plain.
     Trace loss: ``trace_smoothing_px`` > 0 does the same for the coordinates of Trace-of-Mark
-    answers (integers on the 256 grid), with that standard deviation in pixels of the grid.
+    answers (integers on the 256 grid), with that standard deviation in pixels of the grid. On
+    magma-tiny it made traces worse at 1.5 and 4 px (training/recipes/README.md, attempt 8).
     """
 
     seed: int = 0
