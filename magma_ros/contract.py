@@ -486,9 +486,10 @@ class ExpertTeleopParameters(NodeParameters):
     NODE_NAME = "expert_teleop"
 
     perturb_std: float = _param(0.0, "a shaky hand (DART): zero-mean Gaussian noise of this standard deviation "
-                                     "(m/s, per axis) on the twist while the expert approaches and descends, "
-                                     "seeded by the episode's seed; the expert corrects it at the next step, so the "
-                                     "recording shows its recovery from off-path states. 0 = none")
+                                     "(m/s, per axis) on the twist while the expert approaches and descends (none in "
+                                     "the last 4 cm above a pick's cube), seeded by the episode's seed; the expert "
+                                     "corrects it at the next step, so the recording shows its recovery from off-path "
+                                     "states. 0 = none")
 
     def __post_init__(self) -> None:
         _require(math.isfinite(self.perturb_std) and 0.0 <= self.perturb_std <= 0.25,

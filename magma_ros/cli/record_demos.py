@@ -33,8 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--wrist-camera", action="store_true", help="also record the wrist camera")
     parser.add_argument("--perturb-std", type=float, default=0.0, metavar="M_PER_S",
                         help="shake the expert's hand: zero-mean noise of this std (m/s, per axis) on its twist while "
-                             "it approaches and descends, seeded by each episode's seed (DART); the recording then "
-                             "shows it recovering from off-path states. 0 = none")
+                             "it approaches and descends (none in the last 4 cm above a pick's cube), seeded by each "
+                             "episode's seed (DART); the recording then shows it recovering from off-path states. "
+                             "0 = none")
     parser.add_argument("--keep-failures", action=argparse.BooleanOptionalAction, default=True,
                         help="keep the bags of episodes the expert failed (marked success: false)")
     parser.set_defaults(func=run)

@@ -10,7 +10,8 @@ with the fingers turned to its faces, descend, close, and lift; if the fingers c
 nothing or the cube slips out, open and try again.
 
 :class:`PerturbedExpert` is the same expert with a shaky hand (DART, Laskey et al. 2017):
-zero-mean noise on its twist while it approaches and descends. A recording then holds states
+zero-mean noise on its twist on its way to the cube (none in the last few centimetres above
+it, so the moment to close is the same in every recording). A recording then holds states
 off the expert's own path together with the expert's correction from them, which a policy
 that imitates it needs as soon as its own small errors take it off that path; the mean of the
 recorded motion at a state is still the expert's.
