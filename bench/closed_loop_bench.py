@@ -25,7 +25,6 @@ usage: python bench/closed_loop_bench.py [--steps N] [--render-detail full|low] 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
 import statistics
@@ -82,8 +81,8 @@ def ros_free_loop(bringup, steps: int, repeats: int = 3) -> float:  # type: igno
     from magma_ros.backends import create_backend
     from magma_ros.backends.options import backend_options
     from magma_ros.contract import PolicyNodeParameters, SimArmParameters
-    from magma_ros.sim import THIRD_PERSON_CAMERA, SimError, Workcell, WorkcellConfig
-    from magma_ros.sim.config import PANDA_FINGER_JOINTS
+    from magma_ros.sim import THIRD_PERSON_CAMERA, Workcell, WorkcellConfig
+    from magma_ros.sim.episode import apply_policy_delta
     from magma_ros.sim.render_detail import arm_urdf_for
     from magma_ros.sim.session import EpisodeSession, choose_task
 
@@ -104,15 +103,7 @@ def ros_free_loop(bringup, steps: int, repeats: int = 3) -> float:  # type: igno
             frame = cell.render(camera.name)
             output = backend.act(frame.rgb, task.instruction)
             if output.valid and np.all(np.isfinite(output.action)):
-                action = np.asarray(output.action, dtype=np.float64)
-                with contextlib.suppress(SimError):  # a twist the servo refuses: the arm halts, as over ROS
-                    cell.command_twist(action[:3] / policy.step_period_s, action[3:6] / policy.step_period_s,
-                                       cell.sim_time, cell.base_frame)
-                opened = bool(action[6] > 0.5)
-                if opened != gripper_open[0]:
-                    gripper_open[0] = opened
-                    width = 0.04 if opened else 0.0
-                    cell.command_gripper_joints(list(PANDA_FINGER_JOINTS), [width, width])
+                gripper_open[0] = apply_policy_delta(cell, output.action, policy.step_period_s, gripper_open[0])
             cell.step_ticks(ticks)
             session.control_step_done()
 

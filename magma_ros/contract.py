@@ -477,6 +477,11 @@ class SimArmParameters(NodeParameters):
 PARAMETER_CLASSES[SimArmParameters.NODE_NAME] = SimArmParameters
 
 SIM_RUNTIME_PARAMETERS = SimArmParameters.live_parameters()
+"""sim_arm_node parameters that may change while it runs (read at the next ~/reset): its ``live`` fields."""
+
+
+PERTURB_STD_MAX = 0.25
+"""m/s: the expert's shake stays at or under its own top speed (ExpertConfig.max_speed)."""
 
 
 @dataclass
@@ -492,9 +497,8 @@ class ExpertTeleopParameters(NodeParameters):
                                      "states. 0 = none")
 
     def __post_init__(self) -> None:
-        _require(math.isfinite(self.perturb_std) and 0.0 <= self.perturb_std <= 0.25,
-                 f"perturb_std must be in [0, 0.25] m/s, got {self.perturb_std}")
+        _require(math.isfinite(self.perturb_std) and 0.0 <= self.perturb_std <= PERTURB_STD_MAX,
+                 f"perturb_std must be in [0, {PERTURB_STD_MAX:g}] m/s, got {self.perturb_std}")
 
 
 PARAMETER_CLASSES[ExpertTeleopParameters.NODE_NAME] = ExpertTeleopParameters
-"""sim_arm_node parameters that may change while it runs (read at the next ~/reset): its ``live`` fields."""

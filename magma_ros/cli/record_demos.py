@@ -51,8 +51,10 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--episodes must be at least 1, got {args.episodes}")
     if not 0 <= args.seed < 2**32 - args.episodes:
         return _fail(f"--seed must be in [0, 2**32 - episodes), got {args.seed}")
-    if not (math.isfinite(args.perturb_std) and 0.0 <= args.perturb_std <= 0.25):
-        return _fail(f"--perturb-std must be in [0, 0.25] m/s, got {args.perturb_std}")
+    from magma_ros.contract import PERTURB_STD_MAX
+
+    if not (math.isfinite(args.perturb_std) and 0.0 <= args.perturb_std <= PERTURB_STD_MAX):
+        return _fail(f"--perturb-std must be in [0, {PERTURB_STD_MAX:g}] m/s, got {args.perturb_std}")
     out = Path(args.out).expanduser()
     bags = [out / f"episode_{i:04d}" for i in range(args.episodes)]
     taken = [b for b in bags if b.exists()]

@@ -9,6 +9,7 @@ the same episode every time.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,8 +17,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from magma_ros.sim.camera import CameraFrame
-from magma_ros.sim.config import WorkcellConfig
-from magma_ros.sim.errors import TaskError
+from magma_ros.sim.config import PANDA_FINGER_JOINTS, WorkcellConfig
+from magma_ros.sim.errors import SimError, TaskError
 from magma_ros.sim.tasks import SuccessTracker, Task
 from magma_ros.sim.transforms import Pose
 from magma_ros.sim.workcell import JointState, Workcell
@@ -119,6 +120,24 @@ def observe(cell: Workcell, step: int, instruction: str, render: bool = False) -
         cube_poses=cell.cube_poses(),
         images=images,
     )
+
+
+def apply_policy_delta(cell: Workcell, action: ArrayLike, step_period: float, gripper_open: bool) -> bool:
+    """Send a decoded 7-DoF delta (dx dy dz droll dpitch dyaw gripper) to ``cell`` as the Servo bridge would.
+
+    The twist is the delta over ``step_period`` in the base frame, stamped now (one the servo
+    refuses halts the arm, as over ROS); the gripper opens above 0.5 and closes below, and a
+    JointTrajectory goes out only when that changes from ``gripper_open``. Returns the gripper's
+    new state. ROS-free loops (bench/closed_loop_bench.py, training/recipes/closed_loop_trace.py).
+    """
+    delta = np.asarray(action, dtype=np.float64)
+    with contextlib.suppress(SimError):
+        cell.command_twist(delta[:3] / step_period, delta[3:6] / step_period, cell.sim_time, cell.base_frame)
+    opened = bool(delta[6] > 0.5)
+    if opened != gripper_open:
+        width = 0.04 if opened else 0.0
+        cell.command_gripper_joints(list(PANDA_FINGER_JOINTS), [width, width])
+    return opened
 
 
 def run_episode(

@@ -19,7 +19,6 @@ closes per episode). This is the diagnostic behind training/recipes/README.md's 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import dataclasses
 import itertools
@@ -38,9 +37,7 @@ FIELDS = ("step", "dx_cm", "dy_cm", "dz_cm", "gripper_width_cm", "yaw_error_rad"
 def trace_episode(backend, cell, session, family: str, seed: int, max_steps: int = 0,  # type: ignore[no-untyped-def]
                   step_period: float = 0.1) -> tuple[list[dict], bool]:
     """Run one episode with ``backend`` driving; returns (rows, success)."""
-    from magma_ros.sim import SimError
-    from magma_ros.sim.config import PANDA_FINGER_JOINTS
-    from magma_ros.sim.episode import observe
+    from magma_ros.sim.episode import apply_policy_delta, observe
     from magma_ros.sim.expert import ScriptedExpert
     from magma_ros.sim.session import choose_task
     from magma_ros.sim.transforms import yaw_of
@@ -58,13 +55,7 @@ def trace_episode(backend, cell, session, family: str, seed: int, max_steps: int
         action = np.asarray(output.action, dtype=np.float64)
         usable = output.valid and bool(np.all(np.isfinite(action)))
         if usable:
-            with contextlib.suppress(SimError):   # a twist the servo refuses: the arm halts, as over ROS
-                cell.command_twist(action[:3] / step_period, action[3:6] / step_period, cell.sim_time,
-                                   cell.base_frame)
-            opened = bool(action[6] > 0.5)
-            if opened != gripper_open:
-                gripper_open = opened
-                cell.command_gripper_joints(list(PANDA_FINGER_JOINTS), [0.04 if opened else 0.0] * 2)
+            gripper_open = apply_policy_delta(cell, action, step_period, gripper_open)
         cube = observation.cube_poses[task.color]
         offset = (observation.ee_pose.position - cube.position) * 100.0
         yaw_error = math.remainder(yaw_of(cube.orientation) - yaw_of(observation.ee_pose.orientation), math.pi / 2)
