@@ -81,7 +81,7 @@ def ros_free_loop(bringup, steps: int, repeats: int = 3) -> float:  # type: igno
     from magma_ros.backends import create_backend
     from magma_ros.backends.options import backend_options
     from magma_ros.contract import PolicyNodeParameters, SimArmParameters
-    from magma_ros.sim import THIRD_PERSON_CAMERA, Workcell, WorkcellConfig
+    from magma_ros.sim import THIRD_PERSON_CAMERA, Workcell, WorkcellConfig, policy_cameras
     from magma_ros.sim.episode import apply_policy_delta
     from magma_ros.sim.render_detail import arm_urdf_for
     from magma_ros.sim.session import EpisodeSession, choose_task
@@ -94,13 +94,15 @@ def ros_free_loop(bringup, steps: int, repeats: int = 3) -> float:  # type: igno
     backend = create_backend(policy.backend, checkpoint=policy.checkpoint, dtype=policy.dtype, device=policy.device,
                              statistics=policy.statistics, temperature=policy.sampling_temperature,
                              options=backend_options(policy))   # threads etc. as the node runs it
-    with Workcell(WorkcellConfig(seed=SEED, cameras=(camera,), arm_urdf=arm_urdf_for(sim.render_detail))) as cell:
+    cameras = policy_cameras(camera, sim.wrist_inset)   # the image the sim node publishes
+    inset = cameras[-1].name if sim.wrist_inset else None
+    with Workcell(WorkcellConfig(seed=SEED, cameras=cameras, arm_urdf=arm_urdf_for(sim.render_detail))) as cell:
         session = EpisodeSession(cell, sim.control_period_s)
         task = choose_task(TASK, SEED, "", steps + 1)
         ticks = round(sim.control_period_s / cell.timestep)
 
         def step(gripper_open: list[bool]) -> None:
-            frame = cell.render(camera.name)
+            frame = cell.render_view(camera.name, inset)
             output = backend.act(frame.rgb, task.instruction)
             if output.valid and np.all(np.isfinite(output.action)):
                 gripper_open[0] = apply_policy_delta(cell, output.action, policy.step_period_s, gripper_open[0])

@@ -423,6 +423,9 @@ class SimArmParameters(NodeParameters):
     image_height: int = _param(240, "third-person camera height (px)")
     publish_depth: bool = _param(True, "publish aligned depth (32FC1, metres)")
     wrist_camera: bool = _param(False, "also render and publish the wrist camera")
+    wrist_inset: bool = _param(False, "paste the wrist camera's view into the top-right corner of the RGB image "
+                                      "(the policy's second view; depth there reads NaN). A model trained with "
+                                      "it needs it: record, train and evaluate with the same setting")
     render_process: bool = _param(True, "realtime mode: render the cameras in a process of their own, so the sim "
                                         "keeps stepping and taking twists while a frame renders (frames come out "
                                         "one render later, stamped with the sim time they show); false = in the "

@@ -48,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--realtime", type=float, default=0.0, metavar="CAMERA_HZ",
                         help="run the sim in realtime mode (sim time follows the wall clock, like an arm) with "
                              "the camera at CAMERA_HZ; the policy acts on the newest frame (0 = synchronous)")
+    parser.add_argument("--wrist-inset", action=argparse.BooleanOptionalAction, default=None,
+                        help="the sim pastes the wrist camera's view into the camera image (its wrist_inset "
+                             "parameter); unset: the bringup's sim config decides. Use what the model was trained on")
     add_backend_arguments(parser, default_backend=None)   # unset: the bringup's policy config decides
     parser.set_defaults(func=run)
 
@@ -67,6 +70,8 @@ class EvaluationSettings:
     backend_params: dict[str, Any] = dataclasses.field(default_factory=dict)
     # > 0: sim in realtime mode with the camera at this rate (Hz); 0: synchronous (deterministic)
     realtime_camera_hz: float = 0.0
+    # the sim's wrist_inset parameter (the wrist view pasted into the camera image); None = the bringup's
+    wrist_inset: bool | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.realtime_camera_hz <= 120.0:
@@ -110,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = EvaluationSettings(args.checkpoint, tuple(dict.fromkeys(args.task)), args.episodes, args.seed,
                                       args.max_steps, Path(args.out), Path(args.gif) if args.gif else None,
-                                      args.bringup, args.verbose, backend_parameters(args), args.realtime)
+                                      args.bringup, args.verbose, backend_parameters(args), args.realtime,
+                                      args.wrist_inset)
     except ValueError as err:
         print(f"magma-ros evaluate: {err}", file=sys.stderr)
         return 2
@@ -159,6 +165,8 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
         overrides["servo_bridge_node"]["synchronous_stream"] = False
         overrides["magma_policy_node"]["control_rate_hz"] = 0.0
         overrides["magma_policy_node"]["action_thread"] = True   # the newest frame, as on an arm
+    if settings.wrist_inset is not None:
+        overrides["sim_arm_node"]["wrist_inset"] = settings.wrist_inset
     if settings.backend_params:
         overrides["magma_policy_node"] = {**overrides.get("magma_policy_node", {}), **settings.backend_params}
     bringup = bringup.with_overrides(overrides)

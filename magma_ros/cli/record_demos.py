@@ -31,6 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output directory (created; existing episodes are refused)")
     parser.add_argument("--max-steps", type=int, default=0, help="step budget per episode (0 = the task's default)")
     parser.add_argument("--wrist-camera", action="store_true", help="also record the wrist camera")
+    parser.add_argument("--wrist-inset", action=argparse.BooleanOptionalAction, default=None,
+                        help="paste the wrist camera's view into the camera image's top-right corner (the sim's "
+                             "wrist_inset parameter; default: the sim's default). A model trained on these frames "
+                             "needs them: evaluate it with the same setting")
     parser.add_argument("--perturb-std", type=float, default=0.0, metavar="M_PER_S",
                         help="shake the expert's hand: zero-mean noise of this std (m/s, per axis) on its twist while "
                              "it approaches and descends (none in the last 4 cm above a pick's cube), seeded by each "
@@ -93,6 +97,7 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
     sim_parameters = {"mode": "synchronous", "autostart_episode": False, "start_paused": True, "continuous": False,
                       "task": args.task, "seed": args.seed, "max_steps": args.max_steps,
                       "wrist_camera": args.wrist_camera, "sync_timeout_s": 2.0,
+                      **({} if args.wrist_inset is None else {"wrist_inset": args.wrist_inset}),
                       # the expert answers each observation with one twist (after a gripper command, on change):
                       # the step runs as soon as that twist is in, no wall-clock wait
                       "sync_answer_end": "first_twist"}
@@ -106,6 +111,7 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
     with ros_session():
         sim = SimArmNode(parameter_overrides=[Parameter(k, value=v) for k, v in sim_parameters.items()])
         render_detail = sim.params.render_detail   # the look of the arm the frames show (evaluate: the same)
+        wrist_inset = sim.params.wrist_inset
         sim_time = [Parameter("use_sim_time", value=True)]
         expert = ExpertTeleopNode(parameter_overrides=[*sim_time, Parameter("perturb_std", value=args.perturb_std)])
         recorder = DemoRecorder(topics, parameter_overrides=sim_time)
@@ -154,7 +160,8 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
             graph.close()
     successes = sum(row["success"] for row in index)
     (out / "index.json").write_text(json.dumps({"task": args.task, "seed": args.seed,
-                                                "render_detail": render_detail, "episodes": index},
+                                                "render_detail": render_detail, "wrist_inset": wrist_inset,
+                                                "episodes": index},
                                                indent=2) + "\n")
     print(f"expert success {successes}/{len(index)}; {time.monotonic() - started:.0f} s; index: {out / 'index.json'}")
     return 0

@@ -63,7 +63,9 @@ from magma_ros.sim import (
     SimError,
     Workcell,
     WorkcellConfig,
+    policy_cameras,
 )
+from magma_ros.sim.camera import with_inset
 from magma_ros.sim.lockstep import LockstepGate, StepCommand
 from magma_ros.sim.render_detail import arm_urdf_for
 from magma_ros.sim.render_worker import RenderWorker, RenderWorkerError
@@ -108,7 +110,8 @@ class SimArmNode(Node):
         self.params = p = declare_parameters(self, SimArmParameters, self._apply_parameters)
         self.sync = p.mode == "synchronous"
         camera = dataclasses.replace(THIRD_PERSON_CAMERA, width=p.image_width, height=p.image_height)
-        cameras = (camera, WRIST_CAMERA) if p.wrist_camera else (camera,)
+        cameras = policy_cameras(camera, p.wrist_inset, wrist=p.wrist_camera)
+        self._inset = cameras[-1].name if p.wrist_inset else None
         try:
             config = WorkcellConfig(seed=p.seed, cameras=cameras, arm_urdf=arm_urdf_for(p.render_detail))
             self.cell = Workcell(config)
@@ -470,13 +473,13 @@ class SimArmNode(Node):
                 self.counters["frames_skipped"] += 1
                 self._costs["skipped"] += 1
                 return
-            names = (self._camera.name, WRIST_CAMERA.name) if self._out["wrist"] is not None else (self._camera.name,)
+            names = tuple(c.name for c in self.cell.config.cameras)
             tag = (self._header(self._camera.optical_frame), self.session.status().episode)
             self._renderer.submit(self.cell.look(), names, tag)
             return
         header = self._header(self._camera.optical_frame)
         started = time.perf_counter()
-        frame = self.cell.render(self._camera.name)
+        frame = self.cell.render_view(self._camera.name, self._inset)
         self._costs["render_s"] += time.perf_counter() - started
         self._costs["frames"] += 1
         if self.sync and not self.paused and not self.session.done:
@@ -501,8 +504,12 @@ class SimArmNode(Node):
         header, episode = rendered.tag
         if self.paused or self.session.status().episode != episode:
             return
-        wrist = rendered.frames[1] if len(rendered.frames) > 1 else None
-        self._send_frame(header, rendered.frames[0], None if wrist is None else lambda: wrist)
+        frames = dict(zip((c.name for c in self.cell.config.cameras), rendered.frames, strict=False))
+        frame = frames[self._camera.name]
+        if self._inset is not None:
+            frame = with_inset(frame, frames[self._inset])
+        wrist = frames.get(WRIST_CAMERA.name)
+        self._send_frame(header, frame, None if wrist is None else lambda: wrist)
 
     def _send_frame(self, header: Header, frame: CameraFrame, wrist: Callable[[], CameraFrame] | None) -> None:
         """Publish one observation: image, depth and CameraInfo under ``header``, then the wrist image

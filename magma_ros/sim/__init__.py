@@ -15,6 +15,8 @@ from magma_ros.sim.config import (
     SceneConfig,
     ServoConfig,
     WorkcellConfig,
+    policy_cameras,
+    wrist_inset_camera,
 )
 from magma_ros.sim.description import WorkcellDescription
 from magma_ros.sim.episode import Action, EpisodeConfig, EpisodeResult, Observation, Trajectory, observe, run_episode
@@ -70,6 +72,8 @@ __all__ = [
     "WorkcellDescription",
     "make_task",
     "observe",
+    "policy_cameras",
     "run_episode",
     "task_for_seed",
+    "wrist_inset_camera",
 ]

@@ -139,3 +139,22 @@ def render(
     depth = linear_depth(np.asarray(depth_buffer, dtype=np.float64).reshape(shape), config.near, config.far)
     seg = np.asarray(segmentation, dtype=np.int32).reshape(shape) if with_segmentation else None
     return rgb, depth, seg
+
+
+def with_inset(main: CameraFrame, inset: CameraFrame) -> CameraFrame:
+    """``main`` with ``inset``'s RGB pasted into its top-right corner (the policy's two-view image;
+    see :func:`magma_ros.sim.config.wrist_inset_camera`). Depth there reads NaN, REP 118's "no
+    measurement": those pixels show another camera, so nothing may be lifted to 3D from them. The
+    intrinsics, frame and pose stay ``main``'s; the segmentation, if any, reads -1 under the inset."""
+    height, width = inset.rgb.shape[:2]
+    if height > main.rgb.shape[0] or width > main.rgb.shape[1]:
+        raise ValueError(f"inset {width}x{height} does not fit in {main.rgb.shape[1]}x{main.rgb.shape[0]}")
+    rgb = main.rgb.copy()
+    rgb[:height, -width:] = inset.rgb
+    depth = main.depth.copy()
+    depth[:height, -width:] = np.nan
+    segmentation = None
+    if main.segmentation is not None:
+        segmentation = main.segmentation.copy()
+        segmentation[:height, -width:] = -1
+    return CameraFrame(rgb, depth, segmentation, main.intrinsics, main.frame_id, main.stamp, main.pose)

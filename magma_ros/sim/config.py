@@ -241,6 +241,30 @@ WRIST_CAMERA = CameraConfig(
     "wrist", "wrist_camera_optical_frame", width=160, height=120, fov_y_deg=70.0, near=0.01, far=2.0
 )
 
+INSET_FRACTION = 0.35
+"""Side of the wrist inset over the side of the main view (see :func:`wrist_inset_camera`)."""
+
+
+def wrist_inset_camera(main: CameraConfig) -> CameraConfig:
+    """The wrist camera rendered at the size of an inset in ``main``'s top-right corner.
+
+    A single camera cannot tell how far along its line of sight the hand is from a cube, and a
+    grasp needs the fingers within about a centimetre of it (training/recipes/README.md, attempt 8);
+    the wrist view, pasted into a corner of the third-person frame where only wall and the arm's
+    upper links show, gives the policy both views in the one image it takes. Rendered at the inset's
+    size directly (no resampling), with the wrist camera's optics.
+    """
+    width = max(8, round(main.width * INSET_FRACTION))
+    height = max(8, round(width * WRIST_CAMERA.height / WRIST_CAMERA.width))
+    return CameraConfig("wrist_inset", WRIST_CAMERA.optical_frame, width=width, height=height,
+                        fov_y_deg=WRIST_CAMERA.fov_y_deg, near=WRIST_CAMERA.near, far=WRIST_CAMERA.far)
+
+
+def policy_cameras(main: CameraConfig, wrist_inset: bool, wrist: bool = False) -> tuple[CameraConfig, ...]:
+    """The cameras a workcell renders for a policy: ``main`` first, then the wrist camera (``wrist``)
+    and the inset's camera (``wrist_inset``) when asked for."""
+    return (main, *((WRIST_CAMERA,) if wrist else ()), *((wrist_inset_camera(main),) if wrist_inset else ()))
+
 
 @dataclass(frozen=True)
 class WorkcellConfig:

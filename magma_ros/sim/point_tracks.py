@@ -180,11 +180,13 @@ def render_frame(cell: Workcell, camera: str = "third_person") -> tuple[
 
 
 def record_expert_episode(cell: Workcell, task: Task, seed: int, steps: int, *,
-                          camera: str = "third_person") -> SimRecording:
+                          camera: str = "third_person", inset: str | None = None) -> SimRecording:
     """Run the scripted expert on ``task`` from ``seed`` for ``steps`` control steps (10 Hz).
 
     One frame is rendered per step, before its action (as the demo recorder sees it). The
-    expert keeps acting after success so every recording has ``steps`` frames.
+    expert keeps acting after success so every recording has ``steps`` frames. With ``inset``
+    (a camera of ``cell``), that camera's view is pasted into each frame's top-right corner as
+    the sim node does (:func:`magma_ros.sim.camera.with_inset`); no point is visible under it.
     """
     from magma_ros.sim.episode import EpisodeConfig, run_episode
 
@@ -195,6 +197,12 @@ def record_expert_episode(cell: Workcell, task: Task, seed: int, steps: int, *,
 
     def observer(observation: object, action: object) -> None:
         frame = render_frame(cell, camera)
+        if inset is not None:
+            view = cell.render(inset).rgb
+            height, width = view.shape[:2]
+            frame[0][:height, -width:] = view
+            frame[1][:height, -width:] = np.nan
+            frame[2][:height, -width:] = -1
         rgb.append(frame[0])
         depth.append(frame[1])
         seg.append(frame[2])

@@ -661,3 +661,9 @@ class Workcell:
         stamp = self.sim_time if self._shown_time is None else self._shown_time
         return CameraFrame(rgb, depth, seg, CameraIntrinsics.from_config(config), config.optical_frame, stamp,
                            pose_base)
+
+    def render_view(self, name: str, inset: str | None = None) -> CameraFrame:
+        """Render camera ``name``; with ``inset``, that camera's view pasted into its top-right corner
+        (:func:`magma_ros.sim.camera.with_inset`: the policy's image with the wrist inset)."""
+        frame = self.render(name)
+        return frame if inset is None else camera_model.with_inset(frame, self.render(inset))

@@ -38,7 +38,7 @@ from magma_ros.backends import PolicyBackend, PolicyOutput
 from magma_ros.codecs import ImageSize, parse_traces
 from magma_ros.contract import SimArmParameters
 from magma_ros.image_codec import resize_frame
-from magma_ros.sim import THIRD_PERSON_CAMERA, Workcell, WorkcellConfig
+from magma_ros.sim import THIRD_PERSON_CAMERA, Workcell, WorkcellConfig, policy_cameras
 from magma_ros.sim.config import CameraConfig
 from magma_ros.sim.point_tracks import GroundTruthTracks, SimRecording, record_expert_episode
 from magma_ros.sim.render_detail import arm_urdf_for
@@ -57,6 +57,7 @@ from magma_ros.training.tracking import PointTracks
 __all__ = [
     "POLICY_CAMERA",
     "POLICY_RENDER_DETAIL",
+    "POLICY_WRIST_INSET",
     "RECIPE_LABEL_CONFIG",
     "TRUTH_TRACKER",
     "SimEpisodeLabels",
@@ -81,6 +82,8 @@ POLICY_CAMERA = dataclasses.replace(THIRD_PERSON_CAMERA, width=_SIM_DEFAULTS.ima
 """The third-person camera at the size the policy sees it (sim_arm_node's image_width x image_height)."""
 POLICY_RENDER_DETAIL = _SIM_DEFAULTS.render_detail
 """How the arm is drawn in the frames the policy sees (sim_arm_node's render_detail)."""
+POLICY_WRIST_INSET = _SIM_DEFAULTS.wrist_inset
+"""Whether the frames the policy sees carry the wrist inset (sim_arm_node's wrist_inset)."""
 
 
 def truth_point_tracks(truth: GroundTruthTracks) -> PointTracks:
@@ -194,10 +197,12 @@ def label_recording(recording: SimRecording, config: TraceLabelConfig = RECIPE_L
 def label_sim_episodes(families: Sequence[str], seeds: Iterable[int], steps: int = 48, *,
                        config: TraceLabelConfig = RECIPE_LABEL_CONFIG, camera: CameraConfig = POLICY_CAMERA,
                        render_detail: str = POLICY_RENDER_DETAIL, frame_size: int | None = DATASET_FRAME_SIZE,
-                       on_episode: Callable[[SimEpisodeLabels], None] | None = None) -> SimTraceSet:
+                       on_episode: Callable[[SimEpisodeLabels], None] | None = None,
+                       wrist_inset: bool = POLICY_WRIST_INSET) -> SimTraceSet:
     """Run the scripted expert for ``steps`` control steps on each family's task of each seed
     (:func:`~magma_ros.sim.session.choose_task`: colours cycle with the seed) and label every
-    window from the exact motion; ``on_episode`` sees each episode when it is labelled.
+    window from the exact motion; ``on_episode`` sees each episode when it is labelled. With
+    ``wrist_inset`` the frames carry the wrist view in their top-right corner, as the sim node's.
 
     Episode ids are ``<family>-<seed>`` (they seed the labeller's random choices, as episode
     ids do in ``label-traces``). Raises :class:`~magma_ros.sim.SimError` (a ``ValueError`` too)
@@ -205,14 +210,16 @@ def label_sim_episodes(families: Sequence[str], seeds: Iterable[int], steps: int
     """
     seed_list = [int(s) for s in seeds]
     result = SimTraceSet()
-    workcell = WorkcellConfig(seed=seed_list[0] if seed_list else 0, cameras=(camera,),
+    cameras = policy_cameras(camera, wrist_inset)
+    inset = cameras[-1].name if wrist_inset else None
+    workcell = WorkcellConfig(seed=seed_list[0] if seed_list else 0, cameras=cameras,
                               arm_urdf=arm_urdf_for(render_detail))
     with Workcell(workcell) as cell:
         for family in families:
             for seed in seed_list:
                 started = time.perf_counter()
                 task = choose_task(family, seed, "", 0)
-                recording = record_expert_episode(cell, task, seed, steps, camera=camera.name)
+                recording = record_expert_episode(cell, task, seed, steps, camera=camera.name, inset=inset)
                 episode_id = f"{task.family.value}-{seed}"
                 windows, skipped = label_recording(recording, config, episode_id=episode_id, frame_size=frame_size)
                 episode = SimEpisodeLabels(episode_id, task.family.value, seed, task.instruction, windows, skipped,

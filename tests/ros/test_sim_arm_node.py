@@ -390,3 +390,38 @@ def test_realtime_takes_twists_while_a_frame_renders(graph: RosGraph, render_pro
     if render_process:
         assert accepted >= 60 and stale <= 0.1 * (accepted + stale), counters
         assert counters["frames_skipped"] > 0, counters   # frames due while one rendered were skipped
+
+
+@pytest.mark.parametrize("mode", ["synchronous", "realtime"])
+def test_wrist_inset_goes_out_in_the_camera_image(graph: RosGraph, mode: str) -> None:
+    """wrist_inset: the camera image carries the wrist view in its top-right corner, depth there NaN, the rest
+    (and CameraInfo) the third-person camera's. Synchronous: the first frame equals a ROS-free render of the
+    same scene; realtime: the frames come back from the render process composed the same way."""
+    from magma_ros.sim import WorkcellConfig, policy_cameras, wrist_inset_camera
+    from magma_ros.sim.render_detail import arm_urdf_for
+
+    realtime = {"mode": "realtime", "start_paused": False, "autostart_episode": True} if mode == "realtime" else {}
+    rig = Rig(graph, wrist_inset=True, **realtime)
+    if mode == "synchronous":
+        rig.start(seed=7, task="pick")
+    assert wait_for(lambda: len(rig.images()) >= 2 and len(rig.depth()) >= 2, 20.0)
+    rig.client.pause(True)
+    inset = wrist_inset_camera(THIRD_PERSON_CAMERA)
+    image, depth = message_to_rgb8(rig.images()[0]), depth_to_meters(rig.depth()[0])
+    assert image.shape == (240, 320, 3) and rig.info()[0].width == 320
+    assert np.isnan(depth[:inset.height, -inset.width:]).all()
+    outside = np.ones(depth.shape, bool)
+    outside[:inset.height, -inset.width:] = False
+    assert np.isfinite(depth[outside]).mean() > 0.9   # the rest: the table, walls, arm (and a little sky)
+    if mode == "synchronous":
+        config = WorkcellConfig(seed=7, cameras=policy_cameras(THIRD_PERSON_CAMERA, True),
+                                arm_urdf=arm_urdf_for(rig.sim.params.render_detail))
+        with Workcell(config) as cell:
+            cell.reset(7)
+            expected = cell.render_view(THIRD_PERSON_CAMERA.name, inset.name)
+        assert np.array_equal(image, expected.rgb)
+        truth = np.where(np.isinf(expected.depth), np.nan, expected.depth)
+        np.testing.assert_array_equal(depth[outside], truth[outside])
+    else:
+        assert rig.sim._renderer is not None
+        assert image[:inset.height, -inset.width:].std() > 10   # a picture, not a blank corner

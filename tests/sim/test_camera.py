@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from magma_ros.sim import CameraIntrinsics, FrameError, Workcell
+from magma_ros.sim import CameraIntrinsics, FrameError, Workcell, WorkcellConfig
 from magma_ros.sim import camera as camera_model
 from magma_ros.sim.transforms import Pose, quat_from_rpy
 
@@ -138,3 +138,36 @@ def test_boxes_drawn_after_the_arm_give_the_same_pixels_as_drawn_first(cell):
         for n in ("table", "floor"):
             rgba = next(b.rgba for link, b in cell.description.boxes.items() if link == n)
             pb.changeVisualShape(ids[n], -1, rgbaColor=rgba, physicsClientId=client)
+
+
+def test_wrist_inset_is_the_wrist_view_in_the_top_right_corner():
+    """The policy's two-view image: outside the inset every pixel (RGB and depth) is the third-person
+    camera's; inside, the RGB is the wrist camera rendered at the inset's size with its own optics, and
+    depth reads NaN (nothing may be lifted to 3D from another camera's pixels)."""
+    from magma_ros.sim import policy_cameras, wrist_inset_camera
+    from magma_ros.sim.config import INSET_FRACTION, THIRD_PERSON_CAMERA, WRIST_CAMERA
+
+    inset_config = wrist_inset_camera(THIRD_PERSON_CAMERA)
+    assert (inset_config.width, inset_config.height) == (round(320 * INSET_FRACTION), 84)
+    assert inset_config.optical_frame == WRIST_CAMERA.optical_frame
+    assert inset_config.fov_y_deg == WRIST_CAMERA.fov_y_deg
+    cameras = policy_cameras(THIRD_PERSON_CAMERA, wrist_inset=True)
+    assert [c.name for c in cameras] == ["third_person", "wrist_inset"]
+    assert policy_cameras(THIRD_PERSON_CAMERA, wrist_inset=False) == (THIRD_PERSON_CAMERA,)
+    with Workcell(WorkcellConfig(seed=3, cameras=cameras)) as cell:
+        for _ in range(2):   # at home and after a move: the inset follows the hand
+            plain, wrist = cell.render("third_person"), cell.render("wrist_inset")
+            view = cell.render_view("third_person", "wrist_inset")
+            h, w = wrist.rgb.shape[:2]
+            assert view.rgb.shape == plain.rgb.shape and view.intrinsics == plain.intrinsics
+            assert np.array_equal(view.rgb[:h, -w:], wrist.rgb)
+            assert np.isnan(view.depth[:h, -w:]).all()
+            outside = np.ones(plain.depth.shape, bool)
+            outside[:h, -w:] = False
+            assert np.array_equal(view.rgb[outside], plain.rgb[outside])
+            np.testing.assert_array_equal(view.depth[outside], plain.depth[outside])
+            assert not np.array_equal(view.rgb[:h, -w:], plain.rgb[:h, -w:])
+            for _ in range(5):
+                cell.command_twist([0.0, 0.0, -0.1], [0, 0, 0], stamp=cell.sim_time, frame_id=cell.base_frame)
+                cell.step(0.1)
+        assert np.array_equal(cell.render_view("third_person").rgb, cell.render("third_person").rgb)

@@ -1,7 +1,7 @@
 """Why does a checkpoint fail in closed loop? Step-by-step traces of the model driving the workcell.
 
     .venv/bin/python training/recipes/closed_loop_trace.py CHECKPOINT --task pick --seed 5000 --episodes 10 \
-        [--verbose] [--max-steps N] [--out DIR]
+        [--verbose] [--max-steps N] [--out DIR] [--[no-]wrist-inset]
 
 ROS-free (sim + model called directly, as ``bench/closed_loop_bench.py``'s ROS-free loop): each step
 renders the third-person camera, asks the model for its action, applies it as the Servo bridge would
@@ -51,7 +51,8 @@ def trace_episode(backend, cell, session, family: str, seed: int, max_steps: int
     for step in range(task.max_steps):
         observation = observe(cell, step, task.instruction)
         hint = expert(observation)
-        output = backend.act(cell.render(cell.camera_names[0]).rgb, task.instruction)
+        inset = cell.camera_names[-1] if len(cell.camera_names) > 1 else None
+        output = backend.act(cell.render_view(cell.camera_names[0], inset).rgb, task.instruction)
         action = np.asarray(output.action, dtype=np.float64)
         usable = output.valid and bool(np.all(np.isfinite(action)))
         if usable:
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
     parser.add_argument("--statistics", default="sim_panda", help="action statistics (the checkpoint's own first)")
     parser.add_argument("--verbose", action="store_true", help="print every step")
+    parser.add_argument("--wrist-inset", action=argparse.BooleanOptionalAction, default=None,
+                        help="the wrist view in the frame's top-right corner (default: the sim's wrist_inset)")
     parser.add_argument("--out", type=Path, help="write <task>_<seed>.csv per episode and summary.json here")
     args = parser.parse_args(argv)
     if args.episodes < 1:
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from magma_ros.backends import BackendError, create_backend
     from magma_ros.contract import SimArmParameters
-    from magma_ros.sim import THIRD_PERSON_CAMERA, Workcell, WorkcellConfig
+    from magma_ros.sim import THIRD_PERSON_CAMERA, Workcell, WorkcellConfig, policy_cameras
     from magma_ros.sim.render_detail import arm_urdf_for
     from magma_ros.sim.session import EpisodeSession
 
@@ -121,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     episodes = []
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-    with Workcell(WorkcellConfig(seed=args.seed, cameras=(camera,), arm_urdf=arm_urdf_for(sim.render_detail))) as cell:
+    wrist_inset = sim.wrist_inset if args.wrist_inset is None else args.wrist_inset
+    cameras = policy_cameras(camera, wrist_inset)
+    with Workcell(WorkcellConfig(seed=args.seed, cameras=cameras, arm_urdf=arm_urdf_for(sim.render_detail))) as cell:
         session = EpisodeSession(cell, sim.control_period_s)
         for seed in range(args.seed, args.seed + args.episodes):
             rows, success = trace_episode(backend, cell, session, args.task, seed, args.max_steps,

@@ -2,7 +2,7 @@
 
 usage: python training/recipes/pretrain_vision.py DATASET [DATASET ...] --out CHECKPOINT
            [--steps 1000] [--batch-size 32] [--every 2] [--seed 0] [--variant NAME] [--global-weight W]
-           [--state-weight W] [--yaw-weight W] [--init CHECKPOINT]
+           [--state-weight W] [--yaw-weight W] [--offset-weight W] [--init CHECKPOINT]
 
 Why (training/recipes/README.md, attempts 3-4): trained from scratch on actions alone, the model
 stays at the instruction-conditional mean action and takes nothing from the frames, because the
@@ -25,7 +25,12 @@ with the frame: a pick's phase (hover, descend, close, lift) depends on both, an
 place in the image. With ``--yaw-weight`` every token also regresses, for each cube, how far the
 hand must turn to square the fingers with the cube's faces (the cube's yaw at the episode's start,
 from the recorded seed's layout, minus the TCP's recorded yaw, modulo a quarter turn, as the sine and
-cosine of four times the angle): the expert's descent waits for it. ``--init`` starts from a
+cosine of four times the angle): the expert's descent waits for it. With ``--offset-weight`` every
+token also regresses, for each cube, where the TCP is from it across the table (x and y in the base
+frame, the TCP's recorded position minus the cube's starting centre from the seed's layout, in
+tenths of a metre clipped to +-1), on frames with the gripper open (a closed hand may hold the cube
+elsewhere): what a grasp needs to within a centimetre, and what one camera shows only along its line of
+sight (attempt 8); with the sim's wrist inset (attempt 9) the wrist view shows it. ``--init`` starts from a
 checkpoint (e.g. a shipped default) instead of a fresh variant and keeps its language model and
 statistics: the tower learns the new targets beside the old ones. The head
 is thrown away: the output is the variant (seed 0) with the trained vision tower and projector,
@@ -56,23 +61,29 @@ from magma_ros.training.grounding import OBJECTS, CameraProjector, frame_labels
 
 VARIANT = "magma-tiny-sim"
 N_OBJ = len(OBJECTS)
+OFFSET_SCALE_M = 0.1
+"""--offset-weight: the hand-to-cube offset is regressed in this unit, clipped to +-1."""
 
 
 def load_frames(datasets: list[str], every: int, size: int,
-                processor) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:  # type: ignore[no-untyped-def]
+                processor) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                    list[str]]:  # type: ignore[no-untyped-def]
     """Preprocessed pixel values (N, crops, 3, S, S) in float16, labels (N, 4, 2), label mask
     (N, 4), the recorded TCP height and gripper opening (N, 2), each cube's grasp yaw error
-    (N, cubes, 2: sine and cosine of four times the angle) and the episode id of each frame (for a
-    held-out split by episode)."""
+    (N, cubes, 2: sine and cosine of four times the angle), the TCP's x-y offset from each cube's
+    starting centre (N, cubes, 2, metres) and the episode id of each frame (for a held-out split by
+    episode)."""
     scene = SceneConfig()
     project = CameraProjector(size)
-    pixels, labels, known, states, yaws, episodes = [], [], [], [], [], []
+    pixels, labels, known, states, yaws, offsets, episodes = [], [], [], [], [], [], []
     for root in datasets:
         data = TrajectoryDataset(root)
         index = 0
         for episode_id in data.episode_ids:
             length = data.episode_length(episode_id)
-            layout = {c.color: c.yaw for c in sample_layout(scene, int(data.episode_metadata(episode_id)["seed"]))}
+            placements = sample_layout(scene, int(data.episode_metadata(episode_id)["seed"]))
+            layout = {c.color: c.yaw for c in placements}
+            centres = {c.color: (c.x, c.y) for c in placements}
             for step in range(0, length, every):
                 record = data[index + step]
                 frame = np.asarray(record.image)
@@ -86,10 +97,12 @@ def load_frames(datasets: list[str], every: int, size: int,
                 states.append((record.state[2], record.state[6]))
                 turn = [4 * (layout[colour] - record.state[5]) for colour in OBJECTS if colour in layout]
                 yaws.append([(np.sin(t), np.cos(t)) for t in turn])
+                hand = np.asarray(record.state[:2])
+                offsets.append([hand - centres[colour] for colour in OBJECTS if colour in centres])
                 episodes.append(f"{root}:{episode_id}")
             index += length
     return (torch.stack(pixels), np.asarray(labels, np.float32), np.asarray(known, bool),
-            np.asarray(states, np.float32), np.asarray(yaws, np.float32), episodes)
+            np.asarray(states, np.float32), np.asarray(yaws, np.float32), np.asarray(offsets, np.float32), episodes)
 
 
 def main(argv: list[str]) -> int:
@@ -111,6 +124,9 @@ def main(argv: list[str]) -> int:
                              "square the fingers with each cube (the expert's descent waits for it)")
     parser.add_argument("--init", type=Path, default=None,
                         help="start from this checkpoint (language model and statistics kept) instead of --variant")
+    parser.add_argument("--offset-weight", type=float, default=0.0,
+                        help="weight of the hand-to-cube target: every token also regresses the TCP's x-y offset "
+                             "from each cube's starting centre (frames with the gripper open)")
     parser.add_argument("--state-weight", type=float, default=0.0,
                         help="weight of the arm-state target: every token also regresses the TCP's height and the "
                              "gripper opening recorded with the frame (what a pick's phase depends on)")
@@ -125,7 +141,7 @@ def main(argv: list[str]) -> int:
         policy = MagmaPolicy.from_pretrained(save_checkpoint(model, tokenizer, tmp))
     size = policy.action_frame_size or 256
     started = time.perf_counter()
-    pixels, labels, known, states, yaw_targets, episodes = load_frames(args.datasets, args.every, size,
+    pixels, labels, known, states, yaw_targets, offset_m, episodes = load_frames(args.datasets, args.every, size,
                                                                        policy.image_processor)
     n = len(pixels)
     rows, cols = policy.image_processor(np.zeros((size, size, 3), np.uint8)).image_size
@@ -150,8 +166,11 @@ def main(argv: list[str]) -> int:
     n_state = 2 if args.state_weight > 0 else 0
     n_cubes = yaw_targets.shape[1]
     n_yaw = 2 * n_cubes if args.yaw_weight > 0 else 0
-    head = torch.nn.Linear(hidden, N_OBJ * 3 + 2 + N_OBJ * 2 + n_state + n_yaw)
+    n_offset = 2 * n_cubes if args.offset_weight > 0 else 0
+    head = torch.nn.Linear(hidden, N_OBJ * 3 + 2 + N_OBJ * 2 + n_state + n_yaw + n_offset)
     yaw_t = torch.from_numpy(yaw_targets)
+    offset_t = torch.from_numpy(np.clip(offset_m / OFFSET_SCALE_M, -1.0, 1.0))
+    hand_open = torch.from_numpy(states[:, 1] > 0.9)
     z_low, z_high = float(states[train_idx, 0].min()), float(states[train_idx, 0].max())
     state_t = torch.from_numpy(np.stack([(states[:, 0] - z_low) / max(z_high - z_low, 1e-6),
                                          np.clip(states[:, 1], 0.0, 1.0)], -1).astype(np.float32))
@@ -175,10 +194,17 @@ def main(argv: list[str]) -> int:
 
     def losses(full: torch.Tensor,
                idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None,
-                                         torch.Tensor | None]:
+                                         torch.Tensor | None, torch.Tensor | None]:
         lab, ok = label_t[idx], known_t[idx]                 # (B, 4, 2), (B, 4)
         state_loss, state_pred = torch.zeros(()), None
         yaw_loss, yaw_pred = torch.zeros(()), None
+        offset_loss, offset_pred = torch.zeros(()), None
+        if n_offset:   # every token says where the hand is from each cube across the table (hand open)
+            offset_pred = torch.tanh(full[..., -n_offset:]).unflatten(-1, (n_cubes, 2))   # (B, rows, cols, cubes, 2)
+            w_open = hand_open[idx].float()[:, None, None, None]
+            offset_loss = ((offset_pred - offset_t[idx][:, None, None]).abs().sum(-1) * w_open).sum() / (
+                w_open.sum() * offset_pred.shape[1] * offset_pred.shape[2] * n_cubes).clamp(min=1)
+            full = full[..., :-n_offset]
         if n_yaw:   # every token says how far the hand must turn for each cube
             yaw_pred = torch.tanh(full[..., -n_yaw:]).unflatten(-1, (n_cubes, 2))    # (B, rows, cols, cubes, 2)
             yaw_loss = (yaw_pred - yaw_t[idx][:, None, None]).abs().sum(-1).mean()
@@ -217,15 +243,16 @@ def main(argv: list[str]) -> int:
         off = offsets.gather(2, best[..., None, None].expand(-1, -1, 1, 2))[:, :, 0]
         px = torch.stack([(best % grid[1] + off[..., 0]) * cell[1], (best // grid[1] + off[..., 1]) * cell[0]], -1)
         err = (px - lab).norm(dim=-1).masked_fill(~ok, float("nan"))
-        return loss, err, glob_err, state_pred, yaw_pred
+        loss = loss + args.offset_weight * offset_loss
+        return loss, err, glob_err, state_pred, yaw_pred, offset_pred
 
     def evaluate() -> str:
         vision.eval(), projector.eval()
-        errs, glob, state_errs, yaw_errs = [], [], [], []
+        errs, glob, state_errs, yaw_errs, offset_errs = [], [], [], [], []
         with torch.no_grad():
             for start in range(0, len(eval_idx), 64):
                 idx = eval_idx[start:start + 64]
-                _, err, glob_err, state_pred, yaw_pred = losses(forward(idx), idx)
+                _, err, glob_err, state_pred, yaw_pred, offset_pred = losses(forward(idx), idx)
                 errs.append(err), glob.append(glob_err)
                 if state_pred is not None:   # per frame: the tokens' median answer against the record
                     guess = state_pred.flatten(1, 2).median(dim=1).values
@@ -237,6 +264,12 @@ def main(argv: list[str]) -> int:
                     truth = torch.atan2(yaw_t[idx][..., 0], yaw_t[idx][..., 1]) / 4
                     miss = torch.remainder(angle - truth + np.pi / 4, np.pi / 2) - np.pi / 4
                     yaw_errs.append(torch.rad2deg(miss).abs())
+                if offset_pred is not None:   # the tokens' median answer (cm) against the record, hand open,
+                    # hand within 10 cm of the cube (unclipped)
+                    guess = offset_pred.flatten(1, 2).median(dim=1).values * OFFSET_SCALE_M * 100    # (B, cubes, 2)
+                    truth = torch.from_numpy(offset_m[idx]) * 100
+                    near = (truth.norm(dim=-1) < OFFSET_SCALE_M * 100) & hand_open[idx][:, None]
+                    offset_errs.append((guess - truth).norm(dim=-1)[near])
         vision.train(), projector.train()
         err, g = torch.cat(errs).numpy(), torch.cat(glob).numpy()
         text = ", ".join(f"{o} {np.nanmedian(err[:, i]):.1f}" for i, o in enumerate(OBJECTS))
@@ -252,6 +285,11 @@ def main(argv: list[str]) -> int:
         if yaw_errs:
             y_err = torch.cat(yaw_errs).numpy()
             text += f"; grasp yaw {np.median(y_err):.1f} deg (p90 {np.percentile(y_err, 90):.1f})"
+        if offset_errs:
+            o_err = torch.cat(offset_errs).numpy()
+            if len(o_err):
+                text += (f"; hand from cube {np.median(o_err):.2f} cm (p90 {np.percentile(o_err, 90):.2f}, "
+                         f"within 1 cm {np.mean(o_err < 1.0):.0%}, {len(o_err)} cube-frames within 10 cm)")
         return text
 
     print(f"held-out median error (px) before training: {evaluate()}", flush=True)
@@ -277,7 +315,7 @@ def main(argv: list[str]) -> int:
     (args.out / "vision_pretraining.json").write_text(json.dumps({
         "datasets": args.datasets, "frames": n, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "seed": args.seed, "variant": args.variant, "global_weight": args.global_weight,
-        "state_weight": args.state_weight, "yaw_weight": args.yaw_weight,
+        "state_weight": args.state_weight, "yaw_weight": args.yaw_weight, "offset_weight": args.offset_weight,
         "init": str(args.init) if args.init is not None else None, "tcp_height_range_m": [z_low, z_high],
         "held_out_episodes": len(held), "held_out_median_error_px": evaluate(),
         "loss_every_10": history[::10]}, indent=1))

@@ -35,6 +35,7 @@ from magma_ros.training.records import TraceSample
 from magma_ros.training.tom_truth import (
     POLICY_CAMERA,
     POLICY_RENDER_DETAIL,
+    POLICY_WRIST_INSET,
     RECIPE_LABEL_CONFIG,
     TRUTH_TRACKER,
     SimTraceSet,
@@ -131,6 +132,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--width", type=int, default=POLICY_CAMERA.width)
     parser.add_argument("--height", type=int, default=POLICY_CAMERA.height)
     parser.add_argument("--render-detail", choices=("full", "low"), default=POLICY_RENDER_DETAIL)
+    parser.add_argument("--wrist-inset", action=argparse.BooleanOptionalAction, default=POLICY_WRIST_INSET,
+                        help="the wrist view in the frames' top-right corner, as the sim node's wrist_inset "
+                             "(default: the sim's default); use what the model was trained on")
     parser.add_argument("--figure-samples", type=int, default=6, help="windows drawn in traces.png")
     parser.add_argument("--out", type=Path, default=Path("tom_sim_truth"))
     args = parser.parse_args(argv)
@@ -145,7 +149,7 @@ def main(argv: list[str]) -> int:
     print(f"labelling {len(args.task)} x {args.episodes} episode(s) from seed {args.seed}, {args.steps} steps, "
           f"{camera.width}x{camera.height} render_detail {args.render_detail}", flush=True)
     labels: SimTraceSet = label_sim_episodes(args.task, seeds, args.steps, camera=camera,
-                                             render_detail=args.render_detail,
+                                             render_detail=args.render_detail, wrist_inset=args.wrist_inset,
                                              on_episode=lambda e: print(f"  label {e.line()}", flush=True))
     windows = labels.windows
     episode_of = {id(w.sample): e for e in labels.episodes for w in e.windows}
