@@ -19,6 +19,7 @@ CONFIG_FILE = "train_config.yaml"
 
 PRECISIONS = ("fp32", "bf16")
 TOM_MIXING = ("example", "step")  # ToM vs action prompt drawn per example or per optimizer step
+STATISTICS_FROM = ("data", "checkpoint")  # which action statistics encode the training actions
 PARALLEL_MODES = ("auto", "none", "ddp", "fsdp")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -110,6 +111,10 @@ class TrainConfig:
     Trace loss: ``trace_smoothing_px`` > 0 does the same for the coordinates of Trace-of-Mark
     answers (integers on the 256 grid), with that standard deviation in pixels of the grid. On
     magma-tiny it made traces worse at 1.5 and 4 px (training/recipes/README.md, attempt 8).
+    Action statistics: ``statistics_from`` = ``data`` (the default) encodes each dataset's actions
+    with the statistics computed from that dataset; ``checkpoint`` with the starting checkpoint's
+    statistics of the same name (actions beyond its q01..q99 fall in the edge bins), so a fine-tune
+    on new recordings keeps what every action token of the checkpoint means.
     """
 
     seed: int = 0
@@ -127,6 +132,7 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()
     action_smoothing_bins: float = 0.0
     trace_smoothing_px: float = 0.0
+    statistics_from: str = "data"
     action_frame_size: int = 256
     tom_frame_size: int | None = None
     precision: str = "bf16"
@@ -172,6 +178,8 @@ class TrainConfig:
             raise _fail(source, "action_smoothing_bins", f"must be in [0, 64] bins, got {self.action_smoothing_bins}")
         if not (math.isfinite(self.trace_smoothing_px) and 0.0 <= self.trace_smoothing_px <= 64.0):
             raise _fail(source, "trace_smoothing_px", f"must be in [0, 64] px, got {self.trace_smoothing_px}")
+        if self.statistics_from not in STATISTICS_FROM:
+            raise _fail(source, "statistics_from", f"must be one of {STATISTICS_FROM}, got {self.statistics_from!r}")
         if self.weight_decay < 0 or not math.isfinite(self.weight_decay):
             raise _fail(source, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

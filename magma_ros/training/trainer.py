@@ -22,6 +22,7 @@ Output directory::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import shutil
@@ -170,6 +171,30 @@ def load_sources(data_dirs: Sequence[str | Path]) -> list[DataSource]:
         sources.append(DataSource(data.name, data.statistics, data, episodes, _load_traces(Path(directory)),
                                   entry))
     return sources
+
+
+def with_checkpoint_statistics(sources: Sequence[DataSource], bundle: ModelBundle) -> list[DataSource]:
+    """``sources`` with the starting checkpoint's action statistics of each one's name in place of
+    their own (``statistics_from: checkpoint``): the action tokens keep the meaning the model learned.
+    Raises :class:`TrainingError` when the checkpoint has no statistics of that name."""
+    from magma_ros.codecs import ActionStatistics, StatisticsError
+
+    base = bundle.base_statistics or {}
+    kept = []
+    for source in sources:
+        entry = base.get(source.name)
+        action = entry.get("action") if isinstance(entry, Mapping) else None
+        if not isinstance(action, Mapping):
+            names = ", ".join(sorted(base)) or "none"
+            raise TrainingError(f"statistics_from: checkpoint, but {bundle.origin or 'the checkpoint'} has no action "
+                                f"statistics named {source.name!r} (it has: {names})")
+        try:
+            statistics = ActionStatistics(name=source.name, q01=action["q01"], q99=action["q99"],
+                                          **({"mask": action["mask"]} if "mask" in action else {}))
+        except (KeyError, StatisticsError) as err:
+            raise TrainingError(f"{bundle.origin}: statistics {source.name!r}: {err}") from err
+        kept.append(dataclasses.replace(source, statistics=statistics, statistics_entry=dict(entry)))
+    return kept
 
 
 def _load_traces(directory: Path) -> list:
@@ -646,6 +671,8 @@ def run_training(config: TrainConfig, data_dirs: Sequence[str | Path], out_dir: 
     sources = load_sources(data_dirs)
     meta = checkpoint is not None and (config.parallel == "fsdp")
     bundle = load_base(checkpoint, init, config, ctx.device, meta=meta)
+    if config.statistics_from == "checkpoint":
+        sources = with_checkpoint_statistics(sources, bundle)
     trainer = Trainer(config, bundle, sources, out_dir, ctx, data_dirs=[str(d) for d in data_dirs])
     if resume:
         state = latest_state(out_dir) if resume == "auto" else Path(resume)

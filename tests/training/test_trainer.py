@@ -164,6 +164,34 @@ def test_frozen_modules_keep_their_loaded_weights_and_the_rest_trains(base_check
         _trainer(small_config(freeze=("vision_towr",)), base_checkpoint, source, tmp_path / "typo")
 
 
+def test_statistics_from_checkpoint_keeps_what_the_action_tokens_mean(source, tmp_path):
+    """statistics_from: checkpoint encodes the new data's actions with the starting checkpoint's statistics of
+    the same name (not the data's own), and the fine-tuned model exports those; a checkpoint without that name
+    is refused, naming what it has."""
+    from magma_ros.codecs import ActionCodec
+    from magma_ros.training.config import TrainConfigError
+    from magma_ros.training.trainer import with_checkpoint_statistics
+
+    wide = {"action": {"q01": [-0.05] * 6 + [0.0], "q99": [0.05] * 6 + [1.0], "mask": [True] * 6 + [False]}}
+    model, tokenizer = build_tiny_model("magma-tiny", seed=0)
+    start = save_checkpoint(model, tokenizer, tmp_path / "start", dataset_statistics={"synthetic": wide})
+    config = small_config(steps=2, eval_every=100, save_every=100, statistics_from="checkpoint")
+    bundle = load_base(start, None, config, torch.device("cpu"))
+    (kept,) = with_checkpoint_statistics([source], bundle)
+    assert kept.statistics.q01 == tuple(wide["action"]["q01"]) and kept.statistics_entry == wide
+    assert kept.statistics != source.statistics and kept.steps is source.steps
+    codec = ActionCodec(tokenizer.base_vocab_size)
+    action = np.asarray([0.015, -0.015, 0.01, 0.05, -0.05, 0.0, 1.0])
+    assert not np.array_equal(codec.encode(action, kept.statistics), codec.encode(action, source.statistics))
+    result = Trainer(config, bundle, [kept], tmp_path / "run").fit(progress=False)
+    assert json.loads((result.final_dir / "dataset_statistics.json").read_text())["synthetic"] == wide
+    bare = save_checkpoint(model, tokenizer, tmp_path / "bare", dataset_statistics={"other": wide})
+    with pytest.raises(TrainingError, match=r"no action statistics named 'synthetic' .*it has: other"):
+        with_checkpoint_statistics([source], load_base(bare, None, config, torch.device("cpu")))
+    with pytest.raises(TrainConfigError, match="statistics_from"):
+        small_config(statistics_from="dataset")
+
+
 def test_action_smoothing_scores_the_step_with_the_smoothed_loss(base_checkpoint, source, tmp_path):
     from magma_ros.training.losses import smoothed_answer_loss
 
