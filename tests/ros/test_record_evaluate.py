@@ -16,8 +16,10 @@ from rclpy.parameter import Parameter
 from magma_ros import contract
 from magma_ros.bags import BagReader
 from magma_ros.bringup import load_bringup
+from magma_ros.image_codec import depth_to_meters
 from magma_ros.ros.bringup_runner import node_class
 from magma_ros.ros.sim_episodes import ClosedLoop, synchronous_loop_overrides
+from magma_ros.sim import THIRD_PERSON_CAMERA, wrist_inset_camera
 from magma_ros.sim.expert import ExpertConfig
 from magma_ros.sim.session import choose_task
 from tests.ros.harness import VENV_BIN, RosGraph, wait_for
@@ -76,13 +78,19 @@ def test_record_demos_writes_one_readable_bag_per_episode(tmp_path: Path) -> Non
 def test_record_demos_can_shake_the_experts_hand(tmp_path: Path) -> None:
     out = tmp_path / "shaken"
     result = magma_ros("record-demos", "--task", "reach", "--episodes", "1", "--seed", "5", "--perturb-std", "0.1",
-                       "--out", str(out))
+                       "--wrist-inset", "--out", str(out))
     assert "expert success 1/1" in result.stdout
     meta = json.loads((out / "episode_0000" / "episode.json").read_text())
     assert "perturbed" in meta["driver"] and "0.1 m/s" in meta["driver"]
+    assert json.loads((out / "index.json").read_text())["wrist_inset"] is True
+    inset = wrist_inset_camera(THIRD_PERSON_CAMERA)
     with BagReader(out / "episode_0000") as reader:
         speeds = []
         for message in reader.messages():
+            if message.topic == contract.CAMERA_DEPTH.name:   # --wrist-inset: the corner shows the wrist view
+                depth = depth_to_meters(reader.deserialize(message))
+                assert np.isnan(depth[:inset.height, -inset.width:]).all()
+                assert np.isfinite(depth[inset.height:]).mean() > 0.9
             if message.topic != contract.SERVO_TWIST.name:
                 continue
             v = reader.deserialize(message).twist.linear
