@@ -85,6 +85,30 @@ def test_every_labelled_trace_is_the_simulated_motion_of_its_mark(sim_labels: Si
     assert checked >= 4, checked
 
 
+def test_with_the_wrist_inset_no_mark_under_the_inset_is_scored() -> None:
+    """wrist_inset: the frames show the wrist view in their top-right corner (as sim_arm_node publishes them);
+    the simulator sees no point there, so no labelled trace starts under the inset, while the frames are
+    otherwise the plain ones."""
+    from magma_ros.sim import wrist_inset_camera
+
+    inset = wrist_inset_camera(POLICY_CAMERA)
+    size = ImageSize(DATASET_FRAME_SIZE, DATASET_FRAME_SIZE)
+    corner = (DATASET_FRAME_SIZE * (1 - inset.width / POLICY_CAMERA.width),
+              DATASET_FRAME_SIZE * inset.height / POLICY_CAMERA.height)   # (left edge, bottom edge) at 256
+    labels = label_sim_episodes(["reach"], [SEED], STEPS, wrist_inset=True)
+    windows = labels.episodes[0].windows
+    assert windows
+    for window in windows:
+        for mark_id in window.sample.traces:
+            mark = next(m for m in window.label.marks if m.id == mark_id)
+            assert not (mark.u >= corner[0] and mark.v <= corner[1]), (mark, corner)
+    plain = label_sim_episodes(["reach"], [SEED], STEPS, wrist_inset=False).episodes[0].windows[0].sample.image
+    framed = windows[0].sample.image
+    assert framed.shape == plain.shape == (size.height, size.width, 3)
+    assert not np.array_equal(framed[:int(corner[1]) - 2, int(corner[0]) + 2:],
+                              plain[:int(corner[1]) - 2, int(corner[0]) + 2:])
+
+
 def test_an_untrained_model_answers_nothing_and_standing_still_is_scored(tmp_path: Path,
                                                                           first_reach: TruthWindow) -> None:
     model, tokenizer = build_tiny_model("magma-tiny-sim256", seed=0)

@@ -10,6 +10,10 @@
 #   Attempt 8's experiment, not shipped (reach 42/50 through ROS against act2's 47, pick still 0):
 #   SHAKEN_EPISODES=300 adds shaken pick recordings (--perturb-std) to the data, and the stage act3
 #   trains on from act2 (STAGES="... act2 act3", MODEL_STAGE=act3 to evaluate and ship it instead).
+#   Attempt 9 (README.md here): record_inset (the same seeds again, the sim's wrist view pasted into the
+#   frame's corner: --wrist-inset; dataset build and labels in OUT/inset) -> vision_inset (act2's tower
+#   retrained on those frames, also regressing where the hand is from each cube) -> act_inset (actions on
+#   act2's statistics). MODEL_STAGE=act_inset evaluates it on the image it was trained on (--wrist-inset).
 #
 #   training/recipes/default_model.sh [OUT]          # OUT defaults to runs/default_model
 #   STAGES="record build label train" training/recipes/default_model.sh /tmp/repro   # a subset
@@ -39,6 +43,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(
 REACH_EPISODES=${REACH_EPISODES:-300}; REACH_SEED=0
 PICK_EPISODES=${PICK_EPISODES:-300}; PICK_SEED=1000
 SHAKEN_EPISODES=${SHAKEN_EPISODES:-0}; SHAKEN_SEED=1300; SHAKE=0.08   # m/s per axis (README.md here, attempt 8)
+INSET_SHAKEN_EPISODES=${INSET_SHAKEN_EPISODES:-300}   # shaken pick episodes among the wrist-inset recordings
 VARIANT=magma-tiny-sim256
 RECIPE=training/recipes/default_model.yaml
 EVAL_EPISODES=${EVAL_EPISODES:-50}; EVAL_SEED=5000
@@ -61,15 +66,16 @@ $SHAKEN_EPISODES from seed $SHAKEN_SEED" record
   pids=()
   if [ ! -d "$OUT/demos/reach" ]; then
     ROS_DOMAIN_ID=$((ROS_DOMAIN_ID + 1)) $MAGMA record-demos --task reach --episodes "$REACH_EPISODES" \
-      --seed $REACH_SEED --out "$OUT/demos/reach" > "$OUT/record_reach.log" 2>&1 & pids+=($!)
+      --seed $REACH_SEED --no-wrist-inset --out "$OUT/demos/reach" > "$OUT/record_reach.log" 2>&1 & pids+=($!)
   fi
   if [ ! -d "$OUT/demos/pick" ]; then
-    $MAGMA record-demos --task pick --episodes "$PICK_EPISODES" --seed $PICK_SEED --out "$OUT/demos/pick" \
+    $MAGMA record-demos --task pick --episodes "$PICK_EPISODES" --seed $PICK_SEED --no-wrist-inset \
+      --out "$OUT/demos/pick" \
       > "$OUT/record_pick.log" 2>&1 & pids+=($!)
   fi
   if [ "$SHAKEN_EPISODES" -gt 0 ] && [ ! -d "$OUT/demos/pick_shaken" ]; then
     ROS_DOMAIN_ID=$((ROS_DOMAIN_ID + 2)) $MAGMA record-demos --task pick --episodes "$SHAKEN_EPISODES" \
-      --seed $SHAKEN_SEED --perturb-std $SHAKE --out "$OUT/demos/pick_shaken" > "$OUT/record_pick_shaken.log" 2>&1 &
+      --seed $SHAKEN_SEED --perturb-std $SHAKE --no-wrist-inset --out "$OUT/demos/pick_shaken" > "$OUT/record_pick_shaken.log" 2>&1 &
     pids+=($!)
   fi
   for pid in "${pids[@]}"; do wait "$pid"; done
@@ -124,28 +130,64 @@ if has act3; then
   $MAGMA train --checkpoint "$OUT/act2/model" --data "$OUT/data" --out "$OUT/act3" \
     --config training/recipes/default_model_act3.yaml --parallel none --device cpu --no-progress
 fi
+if has record_inset; then   # README.md here, attempt 9: the same episodes with the wrist view in the frame
+  stamp "record_inset: reach $REACH_EPISODES, pick $PICK_EPISODES and shaken pick $INSET_SHAKEN_EPISODES with the wrist \
+inset" record_inset
+  pids=()
+  [ -d "$OUT/inset/demos/reach" ] || { ROS_DOMAIN_ID=$((ROS_DOMAIN_ID + 1)) $MAGMA record-demos --task reach \
+    --episodes "$REACH_EPISODES" --seed $REACH_SEED --wrist-inset --out "$OUT/inset/demos/reach" \
+    > "$OUT/record_inset_reach.log" 2>&1 & pids+=($!); }
+  [ -d "$OUT/inset/demos/pick" ] || { $MAGMA record-demos --task pick --episodes "$PICK_EPISODES" --seed $PICK_SEED \
+    --wrist-inset --out "$OUT/inset/demos/pick" > "$OUT/record_inset_pick.log" 2>&1 & pids+=($!); }
+  if [ "$INSET_SHAKEN_EPISODES" -gt 0 ] && [ ! -d "$OUT/inset/demos/pick_shaken" ]; then
+    ROS_DOMAIN_ID=$((ROS_DOMAIN_ID + 2)) $MAGMA record-demos --task pick --episodes "$INSET_SHAKEN_EPISODES" \
+      --seed $SHAKEN_SEED --perturb-std $SHAKE --wrist-inset --out "$OUT/inset/demos/pick_shaken" \
+      > "$OUT/record_inset_pick_shaken.log" 2>&1 & pids+=($!)
+  fi
+  for pid in "${pids[@]}"; do wait "$pid"; done
+  shaken=(); [ -d "$OUT/inset/demos/pick_shaken" ] && shaken=("$OUT/inset/demos/pick_shaken")
+  $MAGMA dataset build "$OUT/inset/demos/reach" "$OUT/inset/demos/pick" "${shaken[@]}" \
+    --spec config/datasets/sim_panda.yaml --out "$OUT/inset/data" --workers 1 --no-progress
+  $MAGMA dataset label-traces "$OUT/inset/data" --window 9 --stride 8 --seed 0 --marks grid --no-progress --preview 4
+fi
+if has vision_inset; then   # act2's tower retrained on the inset frames; it also learns where the hand is from each cube
+  stamp "vision_inset: act2's tower on the frames with the wrist inset, + the hand-to-cube offsets" vision_inset
+  .venv/bin/python training/recipes/pretrain_vision.py "$OUT/inset/data" --out "$OUT/vision_inset" \
+    --init "$OUT/act2/model" --global-weight 8 --state-weight 4 --yaw-weight 4 --offset-weight 8 --steps 2500 \
+    --lr 1e-3 --batch-size 32 --seed 0
+fi
+if has act_inset; then
+  stamp "act_inset: train on from vision_inset with training/recipes/default_model_inset.yaml" act_inset
+  $MAGMA train --checkpoint "$OUT/vision_inset" --data "$OUT/inset/data" --out "$OUT/act_inset" \
+    --config training/recipes/default_model_inset.yaml --parallel none --device cpu --no-progress
+fi
 MODEL="$OUT/$MODEL_STAGE/model"   # what the later stages evaluate and ship
+VIEW=--no-wrist-inset; HELD="$OUT/heldout"   # the image the model was trained on, and held-out recordings of it
+if [ "$MODEL_STAGE" = act_inset ]; then VIEW=--wrist-inset; HELD="$OUT/heldout_inset"; fi
 if has heldout; then
   # held-out recordings (seeds never trained on) for the offline action and Trace-of-Mark errors
   stamp "held-out recordings + evaluate-offline" heldout
-  [ -d "$OUT/heldout/reach" ] || $MAGMA record-demos --task reach --episodes $HELDOUT_EPISODES --seed $HELDOUT_SEED --out "$OUT/heldout/reach"
-  [ -d "$OUT/heldout/pick" ] || $MAGMA record-demos --task pick --episodes $HELDOUT_EPISODES --seed $HELDOUT_SEED --out "$OUT/heldout/pick"
-  $MAGMA dataset build "$OUT/heldout/reach" "$OUT/heldout/pick" --spec config/datasets/sim_panda.yaml --out "$OUT/heldout/data" --workers 1 --no-progress
-  $MAGMA dataset label-traces "$OUT/heldout/data" --window 9 --stride 8 --seed 0 --marks grid --no-progress
-  $MAGMA evaluate-offline --checkpoint "$MODEL" --data "$OUT/heldout/data" --out "$OUT/offline"
+  [ -d "$HELD/reach" ] || $MAGMA record-demos --task reach --episodes $HELDOUT_EPISODES --seed $HELDOUT_SEED \
+    $VIEW --out "$HELD/reach"
+  [ -d "$HELD/pick" ] || $MAGMA record-demos --task pick --episodes $HELDOUT_EPISODES --seed $HELDOUT_SEED \
+    $VIEW --out "$HELD/pick"
+  $MAGMA dataset build "$HELD/reach" "$HELD/pick" --spec config/datasets/sim_panda.yaml --out "$HELD/data" --workers 1 --no-progress
+  $MAGMA dataset label-traces "$HELD/data" --window 9 --stride 8 --seed 0 --marks grid --no-progress
+  $MAGMA evaluate-offline --checkpoint "$MODEL" --data "$HELD/data" --out "$OUT/offline"
   # Trace-of-Mark answers against the simulator's exact motion of the marks (not the tracker's labels)
   .venv/bin/python training/recipes/tom_sim_truth.py "$MODEL" --task reach pick --episodes $HELDOUT_EPISODES \
-    --seed $HELDOUT_SEED --out "$OUT/tom_sim_truth"
+    --seed $HELDOUT_SEED $VIEW --out "$OUT/tom_sim_truth"
 fi
 if has evaluate; then
   stamp "closed-loop evaluation, synchronous, seeds $EVAL_SEED..$((EVAL_SEED + EVAL_EPISODES - 1))" evaluate
-  $MAGMA evaluate --checkpoint "$MODEL" --task reach pick --episodes "$EVAL_EPISODES" --seed $EVAL_SEED --out "$OUT/eval_sync"
+  $MAGMA evaluate --checkpoint "$MODEL" --task reach pick --episodes "$EVAL_EPISODES" --seed $EVAL_SEED $VIEW \
+    --out "$OUT/eval_sync"
 fi
 if has realtime; then
   for hz in $REALTIME_CAMERA_HZ; do
     stamp "closed-loop evaluation, realtime (camera $hz Hz), seeds $EVAL_SEED.." realtime
     $MAGMA evaluate --checkpoint "$MODEL" --task reach pick --episodes "$REALTIME_EPISODES" --seed $EVAL_SEED \
-      --realtime "$hz" --out "$OUT/eval_realtime_$hz"
+      --realtime "$hz" $VIEW --out "$OUT/eval_realtime_$hz"
   done
 fi
 stamp "done: $OUT"
