@@ -12,8 +12,7 @@
 #   trains on from act2 (STAGES="... act2 act3", MODEL_STAGE=act3 to evaluate and ship it instead).
 #   Attempt 9 (README.md here): record_inset (the same seeds again, the sim's wrist view pasted into the
 #   frame's corner: --wrist-inset; dataset build and labels in OUT/inset) -> vision_inset (act2's tower
-#   retrained on those frames, also regressing where the hand is from each cube) -> act_inset (actions on
-#   act2's statistics). MODEL_STAGE=act_inset evaluates it on the image it was trained on (--wrist-inset).
+#   retrained on those frames, also regressing where the hand is from each cube) -> act_inset (actions). MODEL_STAGE=act_inset evaluates it on the image it was trained on (--wrist-inset).
 #
 #   training/recipes/default_model.sh [OUT]          # OUT defaults to runs/default_model
 #   STAGES="record build label train" training/recipes/default_model.sh /tmp/repro   # a subset
@@ -31,6 +30,8 @@
 # (1500 steps), act2 ~13 min (3000 steps), closed-loop evaluation ~1 s per reach success, ~4-8 s per
 # failure: about 2.5 h in all. Attempt 8: record with the shaken pick recorder ~14 min (three recorders on
 # two cores), build 2.6 min (900 episodes), label 1.3 min, act3 16 min (4000 steps beside another run).
+# Attempt 9 (inset stages): record_inset 15 min (three recorders) + build 2.5 min + label 2 min, vision_inset
+# 18 + 20 min (2500 + 3000 steps, 0.4 s each), act_inset 12.5 min (3000 steps beside another run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-runs/default_model}
@@ -152,8 +153,11 @@ inset" record_inset
 fi
 if has vision_inset; then   # act2's tower retrained on the inset frames; it also learns where the hand is from each cube
   stamp "vision_inset: act2's tower on the frames with the wrist inset, + the hand-to-cube offsets" vision_inset
-  .venv/bin/python training/recipes/pretrain_vision.py "$OUT/inset/data" --out "$OUT/vision_inset" \
+  .venv/bin/python training/recipes/pretrain_vision.py "$OUT/inset/data" --out "$OUT/vision_inset_a" \
     --init "$OUT/act2/model" --global-weight 8 --state-weight 4 --yaw-weight 4 --offset-weight 8 --steps 2500 \
+    --lr 1e-3 --batch-size 32 --seed 0
+  .venv/bin/python training/recipes/pretrain_vision.py "$OUT/inset/data" --out "$OUT/vision_inset" \
+    --init "$OUT/vision_inset_a" --global-weight 8 --state-weight 4 --yaw-weight 4 --offset-weight 24 --steps 3000 \
     --lr 1e-3 --batch-size 32 --seed 0
 fi
 if has act_inset; then
