@@ -63,14 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _node_values(bringup, executable: str) -> dict:  # type: ignore[no-untyped-def]
     """The parameter values a bringup gives one node (files, then overrides)."""
-    from magma_ros.bringup import parameter_file_values
-
-    launch = next(n for n in bringup.nodes if n.executable == executable)
-    values: dict = {}
-    for path in launch.parameter_files:
-        values.update(parameter_file_values(path, launch.name))
-    values.update(launch.overrides)
-    return values
+    return next(n for n in bringup.nodes if n.executable == executable).parameter_values()
 
 
 def ros_free_loop(bringup, steps: int, repeats: int = 3) -> float:  # type: ignore[no-untyped-def]
@@ -95,14 +88,13 @@ def ros_free_loop(bringup, steps: int, repeats: int = 3) -> float:  # type: igno
                              statistics=policy.statistics, temperature=policy.sampling_temperature,
                              options=backend_options(policy))   # threads etc. as the node runs it
     cameras = policy_cameras(camera, sim.wrist_inset)   # the image the sim node publishes
-    inset = cameras[-1].name if sim.wrist_inset else None
     with Workcell(WorkcellConfig(seed=SEED, cameras=cameras, arm_urdf=arm_urdf_for(sim.render_detail))) as cell:
         session = EpisodeSession(cell, sim.control_period_s)
         task = choose_task(TASK, SEED, "", steps + 1)
         ticks = round(sim.control_period_s / cell.timestep)
 
         def step(gripper_open: list[bool]) -> None:
-            frame = cell.render_view(camera.name, inset)
+            frame = cell.render_view(camera.name, cell.inset_camera)
             output = backend.act(frame.rgb, task.instruction)
             if output.valid and np.all(np.isfinite(output.action)):
                 gripper_open[0] = apply_policy_delta(cell, output.action, policy.step_period_s, gripper_open[0])

@@ -53,6 +53,14 @@ class NodeLaunch:
             args += ["-p", f"{key}:={json.dumps(value)}"]
         return args
 
+    def parameter_values(self) -> dict[str, Any]:
+        """The parameter values this node starts with: its parameter files in order, then the overrides."""
+        values: dict[str, Any] = {}
+        for path in self.parameter_files:
+            values.update(parameter_file_values(path, self.name))
+        values.update(self.overrides)
+        return values
+
 
 @dataclass(frozen=True)
 class Bringup:
@@ -132,11 +140,7 @@ def check_dataset_spec(spec_file: Path, nodes: list[NodeLaunch], where: str) -> 
             cls = contract.PARAMETER_CLASSES.get(node.executable)
             if cls is None or node.executable not in ("magma_policy_node", "servo_bridge_node"):
                 continue
-            values: dict[str, Any] = {}
-            for path in node.parameter_files:
-                values.update(parameter_file_values(path, node.name))
-            values.update(node.overrides)
-            found[node.executable] = cls.from_mapping(values, f"{where}: {node.name}")
+            found[node.executable] = cls.from_mapping(node.parameter_values(), f"{where}: {node.name}")
         check_serving(spec, found.get("magma_policy_node"), found.get("servo_bridge_node"),  # type: ignore[arg-type]
                       where=where)
     except (SpecError, contract.ContractError) as err:

@@ -55,18 +55,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _sim_values(bringup: Any) -> dict[str, Any]:
-    """The parameter values a bringup gives its sim_arm_node (files, then overrides)."""
-    from magma_ros.bringup import parameter_file_values
-
-    launch = next(n for n in bringup.nodes if n.executable == "sim_arm_node")
-    values: dict[str, Any] = {}
-    for path in launch.parameter_files:
-        values.update(parameter_file_values(path, launch.name))
-    values.update(launch.overrides)
-    return values
-
-
 @dataclass(frozen=True)
 class EvaluationSettings:
     checkpoint: str = ""
@@ -246,7 +234,8 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
     wall_s = time.monotonic() - started
     model_id = frames.model_id or settings.checkpoint or "(embedded default)"
     camera = {"camera_hz": settings.realtime_camera_hz} if settings.realtime_camera_hz > 0 else {}
-    camera["wrist_inset"] = bool(_sim_values(bringup).get("wrist_inset", SimArmParameters().wrist_inset))
+    sim_values = next(n for n in bringup.nodes if n.executable == "sim_arm_node").parameter_values()
+    camera["wrist_inset"] = bool(sim_values.get("wrist_inset", SimArmParameters().wrist_inset))
     document = summary_document(outcomes, checkpoint=settings.checkpoint or "(embedded default)", model_id=model_id,
                                 bringup=str(bringup.source),
                                 mode="realtime" if settings.realtime_camera_hz > 0 else "synchronous",

@@ -111,7 +111,6 @@ class SimArmNode(Node):
         self.sync = p.mode == "synchronous"
         camera = dataclasses.replace(THIRD_PERSON_CAMERA, width=p.image_width, height=p.image_height)
         cameras = policy_cameras(camera, p.wrist_inset, wrist=p.wrist_camera)
-        self._inset = cameras[-1].name if p.wrist_inset else None
         try:
             config = WorkcellConfig(seed=p.seed, cameras=cameras, arm_urdf=arm_urdf_for(p.render_detail))
             self.cell = Workcell(config)
@@ -479,7 +478,7 @@ class SimArmNode(Node):
             return
         header = self._header(self._camera.optical_frame)
         started = time.perf_counter()
-        frame = self.cell.render_view(self._camera.name, self._inset)
+        frame = self.cell.render_view(self._camera.name, self.cell.inset_camera)
         self._costs["render_s"] += time.perf_counter() - started
         self._costs["frames"] += 1
         if self.sync and not self.paused and not self.session.done:
@@ -506,8 +505,8 @@ class SimArmNode(Node):
             return
         frames = dict(zip((c.name for c in self.cell.config.cameras), rendered.frames, strict=False))
         frame = frames[self._camera.name]
-        if self._inset is not None:
-            frame = with_inset(frame, frames[self._inset])
+        if self.cell.inset_camera is not None:
+            frame = with_inset(frame, frames[self.cell.inset_camera])
         wrist = frames.get(WRIST_CAMERA.name)
         self._send_frame(header, frame, None if wrist is None else lambda: wrist)
 

@@ -146,15 +146,19 @@ def with_inset(main: CameraFrame, inset: CameraFrame) -> CameraFrame:
     see :func:`magma_ros.sim.config.wrist_inset_camera`). Depth there reads NaN, REP 118's "no
     measurement": those pixels show another camera, so nothing may be lifted to 3D from them. The
     intrinsics, frame and pose stay ``main``'s; the segmentation, if any, reads -1 under the inset."""
-    height, width = inset.rgb.shape[:2]
-    if height > main.rgb.shape[0] or width > main.rgb.shape[1]:
-        raise ValueError(f"inset {width}x{height} does not fit in {main.rgb.shape[1]}x{main.rgb.shape[0]}")
-    rgb = main.rgb.copy()
-    rgb[:height, -width:] = inset.rgb
-    depth = main.depth.copy()
-    depth[:height, -width:] = np.nan
-    segmentation = None
-    if main.segmentation is not None:
-        segmentation = main.segmentation.copy()
-        segmentation[:height, -width:] = -1
+    rgb, depth = main.rgb.copy(), main.depth.copy()
+    segmentation = None if main.segmentation is None else main.segmentation.copy()
+    paste_inset(rgb, depth, segmentation, inset.rgb)
     return CameraFrame(rgb, depth, segmentation, main.intrinsics, main.frame_id, main.stamp, main.pose)
+
+
+def paste_inset(rgb: NDArray[np.uint8], depth: NDArray[np.floating], segmentation: NDArray[np.integer] | None,
+                inset_rgb: NDArray[np.uint8]) -> None:
+    """In place: ``inset_rgb`` into ``rgb``'s top-right corner, NaN depth and -1 segmentation under it."""
+    height, width = inset_rgb.shape[:2]
+    if height > rgb.shape[0] or width > rgb.shape[1]:
+        raise ValueError(f"inset {width}x{height} does not fit in {rgb.shape[1]}x{rgb.shape[0]}")
+    rgb[:height, -width:] = inset_rgb
+    depth[:height, -width:] = np.nan
+    if segmentation is not None:
+        segmentation[:height, -width:] = -1

@@ -243,6 +243,8 @@ WRIST_CAMERA = CameraConfig(
 
 INSET_FRACTION = 0.35
 """Side of the wrist inset over the side of the main view (see :func:`wrist_inset_camera`)."""
+WRIST_INSET_NAME = "wrist_inset"
+"""The name of the inset's camera in a workcell (``Workcell.inset_camera``)."""
 
 
 def wrist_inset_camera(main: CameraConfig) -> CameraConfig:
@@ -256,7 +258,7 @@ def wrist_inset_camera(main: CameraConfig) -> CameraConfig:
     """
     width = max(8, round(main.width * INSET_FRACTION))
     height = max(8, round(width * WRIST_CAMERA.height / WRIST_CAMERA.width))
-    return CameraConfig("wrist_inset", WRIST_CAMERA.optical_frame, width=width, height=height,
+    return CameraConfig(WRIST_INSET_NAME, WRIST_CAMERA.optical_frame, width=width, height=height,
                         fov_y_deg=WRIST_CAMERA.fov_y_deg, near=WRIST_CAMERA.near, far=WRIST_CAMERA.far)
 
 

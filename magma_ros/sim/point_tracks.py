@@ -198,11 +198,7 @@ def record_expert_episode(cell: Workcell, task: Task, seed: int, steps: int, *,
     def observer(observation: object, action: object) -> None:
         frame = render_frame(cell, camera)
         if inset is not None:
-            view = cell.render(inset).rgb
-            height, width = view.shape[:2]
-            frame[0][:height, -width:] = view
-            frame[1][:height, -width:] = np.nan
-            frame[2][:height, -width:] = -1
+            camera_model.paste_inset(frame[0], frame[1], frame[2], cell.render(inset).rgb)
         rgb.append(frame[0])
         depth.append(frame[1])
         seg.append(frame[2])

@@ -25,7 +25,14 @@ from numpy.typing import ArrayLike, NDArray
 
 from magma_ros.sim import camera as camera_model
 from magma_ros.sim.camera import CameraFrame, CameraIntrinsics
-from magma_ros.sim.config import CUBE_COLORS, PANDA_ARM_JOINTS, PANDA_FINGER_JOINTS, CameraConfig, WorkcellConfig
+from magma_ros.sim.config import (
+    CUBE_COLORS,
+    PANDA_ARM_JOINTS,
+    PANDA_FINGER_JOINTS,
+    WRIST_INSET_NAME,
+    CameraConfig,
+    WorkcellConfig,
+)
 from magma_ros.sim.description import WorkcellDescription
 from magma_ros.sim.errors import CommandError, ConfigError, DescriptionError, FrameError, SceneError, SimError
 from magma_ros.sim.scene import CubePlacement, sample_layout
@@ -330,6 +337,12 @@ class Workcell:
     @property
     def camera_names(self) -> tuple[str, ...]:
         return tuple(self._cameras)
+
+    @property
+    def inset_camera(self) -> str | None:
+        """The wrist inset's camera (:func:`~magma_ros.sim.config.wrist_inset_camera`) if configured, else None:
+        what :meth:`render_view` pastes into the policy's image."""
+        return WRIST_INSET_NAME if WRIST_INSET_NAME in self._cameras else None
 
     @property
     def cube_colors(self) -> tuple[str, ...]:

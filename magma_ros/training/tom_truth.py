@@ -210,16 +210,15 @@ def label_sim_episodes(families: Sequence[str], seeds: Iterable[int], steps: int
     """
     seed_list = [int(s) for s in seeds]
     result = SimTraceSet()
-    cameras = policy_cameras(camera, wrist_inset)
-    inset = cameras[-1].name if wrist_inset else None
-    workcell = WorkcellConfig(seed=seed_list[0] if seed_list else 0, cameras=cameras,
+    workcell = WorkcellConfig(seed=seed_list[0] if seed_list else 0, cameras=policy_cameras(camera, wrist_inset),
                               arm_urdf=arm_urdf_for(render_detail))
     with Workcell(workcell) as cell:
         for family in families:
             for seed in seed_list:
                 started = time.perf_counter()
                 task = choose_task(family, seed, "", 0)
-                recording = record_expert_episode(cell, task, seed, steps, camera=camera.name, inset=inset)
+                recording = record_expert_episode(cell, task, seed, steps, camera=camera.name,
+                                                  inset=cell.inset_camera)
                 episode_id = f"{task.family.value}-{seed}"
                 windows, skipped = label_recording(recording, config, episode_id=episode_id, frame_size=frame_size)
                 episode = SimEpisodeLabels(episode_id, task.family.value, seed, task.instruction, windows, skipped,

@@ -51,8 +51,7 @@ def trace_episode(backend, cell, session, family: str, seed: int, max_steps: int
     for step in range(task.max_steps):
         observation = observe(cell, step, task.instruction)
         hint = expert(observation)
-        inset = cell.camera_names[-1] if len(cell.camera_names) > 1 else None
-        output = backend.act(cell.render_view(cell.camera_names[0], inset).rgb, task.instruction)
+        output = backend.act(cell.render_view(cell.camera_names[0], cell.inset_camera).rgb, task.instruction)
         action = np.asarray(output.action, dtype=np.float64)
         usable = output.valid and bool(np.all(np.isfinite(action)))
         if usable:
