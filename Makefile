@@ -38,6 +38,8 @@ $(VENV)/.stamp-venv:
 
 $(VENV)/.stamp-deps: $(VENV)/.stamp-venv requirements/lock.txt
 	@echo "[setup] installing pinned dependencies (ROS 2 Kilted wheels, torch, ...) into $(VENV)"
+	@free=$$(df -Pk $(VENV) | awk 'NR == 2 {print int($$4 / 1048576)}'); [ "$$free" -ge 8 ] || \
+	  echo "[setup] warning: $$free GiB free on this disk; the venv takes about 7 GiB (torch's CUDA build and its libraries)"
 	$(PIP) install -r requirements/lock.txt $(QUIET_PIP)
 	touch $@
 

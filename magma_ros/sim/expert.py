@@ -46,6 +46,8 @@ class ExpertConfig:
     hover_height: float = 0.10
     grasp_depth: float = 0.0
     close_height: float = 0.015
+    slow_height: float = 0.05
+    slow_speed: float = 0.06
     lift_height: float = 0.12
     lift_speed: float = 0.08
     position_tolerance: float = 0.008
@@ -64,6 +66,8 @@ class ExpertConfig:
             "lift_height",
             "lift_speed",
             "close_height",
+            "slow_height",
+            "slow_speed",
             "position_tolerance",
             "yaw_tolerance",
             "open_width",
@@ -163,7 +167,12 @@ class ScriptedExpert:
                 # judges the hand's height from a camera to a centimetre or two sees one rule, "low: close"
                 self._enter(Phase.CLOSE)
                 return Action.create(np.zeros(3), np.zeros(3), 0.0)
-            return self._servo_to(observation, target, yaw, cfg.open_width)
+            # the last centimetres slowly: at full speed the hand drops 2 cm per control step there, so
+            # a recording holds no frame between "well above: descend" and "low: close", and a policy
+            # learns a boundary halfway (attempt 10: closing 3 cm above the centre, where no grasp holds)
+            slow = (ee - target)[2] < cfg.slow_height
+            return self._servo_to(observation, target, yaw, cfg.open_width,
+                                  max_speed=cfg.slow_speed if slow else None)
 
         if self.phase is Phase.CLOSE:
             if self._phase_steps >= cfg.close_steps:
