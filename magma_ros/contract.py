@@ -484,7 +484,8 @@ SIM_RUNTIME_PARAMETERS = SimArmParameters.live_parameters()
 
 
 PERTURB_STD_MAX = 0.25
-"""m/s: the expert's shake stays at or under its own top speed (ExpertConfig.max_speed)."""
+"""m/s: the expert's top speed (ExpertConfig.max_speed): its shake stays at or under it, and so does the
+speed of its final descent."""
 
 
 @dataclass
@@ -498,10 +499,16 @@ class ExpertTeleopParameters(NodeParameters):
                                      "the last 4 cm above a pick's cube), seeded by the episode's seed; the expert "
                                      "corrects it at the next step, so the recording shows its recovery from off-path "
                                      "states. 0 = none")
+    final_descent_speed: float = _param(0.06, "m/s: the expert's top speed in the last 5 cm of a pick's descent "
+                                              "(ExpertConfig.slow_speed), so a recording shows the hand step by step "
+                                              "down to where it closes. 0.25 (its top speed anywhere) = recordings "
+                                              "before attempt 10 (training/recipes/README.md)")
 
     def __post_init__(self) -> None:
         _require(math.isfinite(self.perturb_std) and 0.0 <= self.perturb_std <= PERTURB_STD_MAX,
                  f"perturb_std must be in [0, {PERTURB_STD_MAX:g}] m/s, got {self.perturb_std}")
+        _require(math.isfinite(self.final_descent_speed) and 0.0 < self.final_descent_speed <= PERTURB_STD_MAX,
+                 f"final_descent_speed must be in (0, {PERTURB_STD_MAX:g}] m/s, got {self.final_descent_speed}")
 
 
 PARAMETER_CLASSES[ExpertTeleopParameters.NODE_NAME] = ExpertTeleopParameters

@@ -40,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "it approaches and descends (none in the last 4 cm above a pick's cube), seeded by each "
                              "episode's seed (DART); the recording then shows it recovering from off-path states. "
                              "0 = none")
+    parser.add_argument("--final-descent-speed", type=float, default=None, metavar="M_PER_S",
+                        help="the expert's top speed in the last 5 cm of a pick's descent (default 0.06: the hand "
+                             "is seen step by step down to where it closes; 0.25 = recordings before attempt 10)")
     parser.add_argument("--keep-failures", action=argparse.BooleanOptionalAction, default=True,
                         help="keep the bags of episodes the expert failed (marked success: false)")
     parser.set_defaults(func=run)
@@ -59,6 +62,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not (math.isfinite(args.perturb_std) and 0.0 <= args.perturb_std <= PERTURB_STD_MAX):
         return _fail(f"--perturb-std must be in [0, {PERTURB_STD_MAX:g}] m/s, got {args.perturb_std}")
+    if args.final_descent_speed is not None and not (
+            math.isfinite(args.final_descent_speed) and 0.0 < args.final_descent_speed <= PERTURB_STD_MAX):
+        return _fail(f"--final-descent-speed must be in (0, {PERTURB_STD_MAX:g}] m/s, got {args.final_descent_speed}")
     out = Path(args.out).expanduser()
     bags = [out / f"episode_{i:04d}" for i in range(args.episodes)]
     taken = [b for b in bags if b.exists()]
@@ -102,8 +108,6 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
                       # the step runs as soon as that twist is in, no wall-clock wait
                       "sync_answer_end": "first_twist"}
     driver = "ScriptedExpert over ROS (Servo twist + gripper JointTrajectory at 10 Hz)"
-    if args.perturb_std > 0:
-        driver += f", perturbed while approaching and descending (std {args.perturb_std:g} m/s per axis)"
     progress = ProgressLine()
     print(f"magma-ros record-demos: {args.episodes} '{args.task}' episode(s) from seed {args.seed} -> {out}")
     index: list[dict] = []
@@ -112,8 +116,18 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
         sim = SimArmNode(parameter_overrides=[Parameter(k, value=v) for k, v in sim_parameters.items()])
         render_detail = sim.params.render_detail   # the look of the arm the frames show (evaluate: the same)
         wrist_inset = sim.params.wrist_inset
+        final_descent_speed = None
         sim_time = [Parameter("use_sim_time", value=True)]
-        expert = ExpertTeleopNode(parameter_overrides=[*sim_time, Parameter("perturb_std", value=args.perturb_std)])
+        expert_parameters = {"perturb_std": args.perturb_std,
+                             **({} if args.final_descent_speed is None
+                                else {"final_descent_speed": args.final_descent_speed})}
+        expert = ExpertTeleopNode(parameter_overrides=[*sim_time, *(Parameter(k, value=v)
+                                                                    for k, v in expert_parameters.items())])
+        if args.task == "pick":
+            final_descent_speed = expert.params.final_descent_speed
+            driver += f", final descent at {expert.params.final_descent_speed:g} m/s"
+        if args.perturb_std > 0:
+            driver += f", perturbed while approaching and descending (std {args.perturb_std:g} m/s per axis)"
         recorder = DemoRecorder(topics, parameter_overrides=sim_time)
         control = rclpy.create_node("magma_record_demos")
         graph = RunningGraph([sim, expert, recorder, control])
@@ -161,6 +175,7 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
     successes = sum(row["success"] for row in index)
     (out / "index.json").write_text(json.dumps({"task": args.task, "seed": args.seed,
                                                 "render_detail": render_detail, "wrist_inset": wrist_inset,
+                                                "final_descent_speed": final_descent_speed,
                                                 "episodes": index},
                                                indent=2) + "\n")
     print(f"expert success {successes}/{len(index)}; {time.monotonic() - started:.0f} s; index: {out / 'index.json'}")

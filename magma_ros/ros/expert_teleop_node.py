@@ -27,7 +27,7 @@ from visualization_msgs.msg import MarkerArray
 
 from magma_ros import contract
 from magma_ros.ros.runtime import declare_parameters, qos
-from magma_ros.sim import Observation, Pose, ScriptedExpert, make_task
+from magma_ros.sim import ExpertConfig, Observation, Pose, ScriptedExpert, make_task
 from magma_ros.sim.config import PANDA_FINGER_JOINTS
 from magma_ros.sim.expert import PerturbedExpert
 from magma_ros.sim.session import EpisodeStatus
@@ -95,7 +95,8 @@ class ExpertTeleopNode(Node):
             self._status = EpisodeStatus.from_json(msg.data)
             if self._status.episode != self._episode:
                 self._episode = self._status.episode
-                expert = ScriptedExpert(make_task(self._status.task, self._status.color, self._status.max_steps))
+                expert = ScriptedExpert(make_task(self._status.task, self._status.color, self._status.max_steps),
+                                        ExpertConfig(slow_speed=self.params.final_descent_speed))
                 self._expert = (PerturbedExpert(expert, self.params.perturb_std, self._status.seed)
                                 if self.params.perturb_std > 0 else expert)
                 self._gripper_sent = None

@@ -28,7 +28,7 @@ from magma_ros.sim import camera as camera_model
 from magma_ros.sim.camera import CameraIntrinsics
 from magma_ros.sim.config import THIRD_PERSON_CAMERA, CameraConfig
 from magma_ros.sim.errors import SimError
-from magma_ros.sim.expert import ScriptedExpert
+from magma_ros.sim.expert import ExpertConfig, ScriptedExpert
 from magma_ros.sim.tasks import Task
 from magma_ros.sim.transforms import Pose
 from magma_ros.sim.workcell import WORLD_FRAME, Workcell
@@ -180,13 +180,15 @@ def render_frame(cell: Workcell, camera: str = "third_person") -> tuple[
 
 
 def record_expert_episode(cell: Workcell, task: Task, seed: int, steps: int, *,
-                          camera: str = "third_person", inset: str | None = None) -> SimRecording:
+                          camera: str = "third_person", inset: str | None = None,
+                          expert: ExpertConfig | None = None) -> SimRecording:
     """Run the scripted expert on ``task`` from ``seed`` for ``steps`` control steps (10 Hz).
 
     One frame is rendered per step, before its action (as the demo recorder sees it). The
     expert keeps acting after success so every recording has ``steps`` frames. With ``inset``
     (a camera of ``cell``), that camera's view is pasted into each frame's top-right corner as
     the sim node does (:func:`magma_ros.sim.camera.with_inset`); no point is visible under it.
+    ``expert`` configures the scripted expert (default: its defaults, as ``record-demos``).
     """
     from magma_ros.sim.episode import EpisodeConfig, run_episode
 
@@ -205,7 +207,7 @@ def record_expert_episode(cell: Workcell, task: Task, seed: int, steps: int, *,
         cams.append(frame[3])
         poses.append(_world_poses(client))
 
-    run_episode(task, seed, ScriptedExpert(task), steps, config=EpisodeConfig(stop_on_success=False),
+    run_episode(task, seed, ScriptedExpert(task, expert), steps, config=EpisodeConfig(stop_on_success=False),
                 workcell=cell, observer=observer)
     return SimRecording(np.stack(rgb), np.stack(depth), np.stack(seg), tuple(poses), np.stack(cams),
                         cell.camera_intrinsics(camera), task.instruction)

@@ -40,6 +40,7 @@ from magma_ros.contract import SimArmParameters
 from magma_ros.image_codec import resize_frame
 from magma_ros.sim import THIRD_PERSON_CAMERA, Workcell, WorkcellConfig, policy_cameras
 from magma_ros.sim.config import CameraConfig
+from magma_ros.sim.expert import ExpertConfig
 from magma_ros.sim.point_tracks import GroundTruthTracks, SimRecording, record_expert_episode
 from magma_ros.sim.render_detail import arm_urdf_for
 from magma_ros.sim.session import choose_task
@@ -198,11 +199,12 @@ def label_sim_episodes(families: Sequence[str], seeds: Iterable[int], steps: int
                        config: TraceLabelConfig = RECIPE_LABEL_CONFIG, camera: CameraConfig = POLICY_CAMERA,
                        render_detail: str = POLICY_RENDER_DETAIL, frame_size: int | None = DATASET_FRAME_SIZE,
                        on_episode: Callable[[SimEpisodeLabels], None] | None = None,
-                       wrist_inset: bool = POLICY_WRIST_INSET) -> SimTraceSet:
+                       wrist_inset: bool = POLICY_WRIST_INSET, expert: ExpertConfig | None = None) -> SimTraceSet:
     """Run the scripted expert for ``steps`` control steps on each family's task of each seed
     (:func:`~magma_ros.sim.session.choose_task`: colours cycle with the seed) and label every
     window from the exact motion; ``on_episode`` sees each episode when it is labelled. With
-    ``wrist_inset`` the frames carry the wrist view in their top-right corner, as the sim node's.
+    ``wrist_inset`` the frames carry the wrist view in their top-right corner, as the sim node's;
+    ``expert`` configures the scripted expert (as ``record-demos --final-descent-speed`` does).
 
     Episode ids are ``<family>-<seed>`` (they seed the labeller's random choices, as episode
     ids do in ``label-traces``). Raises :class:`~magma_ros.sim.SimError` (a ``ValueError`` too)
@@ -218,7 +220,7 @@ def label_sim_episodes(families: Sequence[str], seeds: Iterable[int], steps: int
                 started = time.perf_counter()
                 task = choose_task(family, seed, "", 0)
                 recording = record_expert_episode(cell, task, seed, steps, camera=camera.name,
-                                                  inset=cell.inset_camera)
+                                                  inset=cell.inset_camera, expert=expert)
                 episode_id = f"{task.family.value}-{seed}"
                 windows, skipped = label_recording(recording, config, episode_id=episode_id, frame_size=frame_size)
                 episode = SimEpisodeLabels(episode_id, task.family.value, seed, task.instruction, windows, skipped,

@@ -102,6 +102,41 @@ def test_record_demos_can_shake_the_experts_hand(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "--perturb-std must be in [0, 0.25]" in bad.stderr
 
 
+def _descent_speeds(bag: Path) -> list[tuple[float, float]]:
+    """(TCP height above its lowest point, commanded speed) of each downward twist, from the newest pose."""
+    rows, z = [], None
+    with BagReader(bag) as reader:
+        for message in reader.messages():
+            if message.topic == contract.EE_POSE.name:
+                z = reader.deserialize(message).pose.position.z
+            elif message.topic == contract.SERVO_TWIST.name and z is not None:
+                v = reader.deserialize(message).twist.linear
+                if v.z < 0:
+                    rows.append((z, float(np.linalg.norm([v.x, v.y, v.z]))))
+    lowest = min(height for height, _ in rows)
+    return [(height - lowest, speed) for height, speed in rows]
+
+
+def test_record_demos_slows_the_last_centimetres_of_a_pick(tmp_path: Path) -> None:
+    slow, fast = tmp_path / "slow", tmp_path / "fast"
+    magma_ros("record-demos", "--task", "pick", "--episodes", "1", "--seed", "7", "--out", str(slow))
+    magma_ros("record-demos", "--task", "pick", "--episodes", "1", "--seed", "7", "--final-descent-speed", "0.25",
+              "--out", str(fast))
+    index = {name: json.loads((d / "index.json").read_text()) for name, d in (("slow", slow), ("fast", fast))}
+    assert index["slow"]["final_descent_speed"] == 0.06 and index["fast"]["final_descent_speed"] == 0.25
+    assert all(i["episodes"][0]["success"] for i in index.values())
+    # the hand descends to about 1.5 cm above the cube's centre: the slow zone (5 cm) is everything 3 cm above that
+    near = {name: [speed for height, speed in _descent_speeds(d / "episode_0000") if height < 0.03]
+            for name, d in (("slow", slow), ("fast", fast))}
+    assert near["slow"] and max(near["slow"]) <= 0.06 + 1e-9, near["slow"]
+    assert max(near["fast"]) > 0.1, near["fast"]   # before attempt 10: the same seed at full speed
+    assert len(near["slow"]) > len(near["fast"])
+    assert index["slow"]["episodes"][0]["steps"] > index["fast"]["episodes"][0]["steps"]
+    bad = subprocess.run([str(VENV_BIN / "magma-ros"), "record-demos", "--task", "pick", "--final-descent-speed", "0",
+                          "--out", str(tmp_path / "bad")], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "--final-descent-speed must be in (0, 0.25]" in bad.stderr
+
+
 def test_evaluate_runs_end_to_end(tmp_path: Path, tiny_checkpoint: Path) -> None:
     out = tmp_path / "eval"
     result = magma_ros("evaluate", "--checkpoint", str(tiny_checkpoint), "--task", "reach", "pick", "--episodes", "1",

@@ -45,6 +45,9 @@ REACH_EPISODES=${REACH_EPISODES:-300}; REACH_SEED=0
 PICK_EPISODES=${PICK_EPISODES:-300}; PICK_SEED=1000
 SHAKEN_EPISODES=${SHAKEN_EPISODES:-0}; SHAKEN_SEED=1300; SHAKE=0.08   # m/s per axis (README.md here, attempt 8)
 INSET_SHAKEN_EPISODES=${INSET_SHAKEN_EPISODES:-300}   # shaken pick episodes among the wrist-inset recordings
+# the expert's top speed in the last 5 cm of a pick's descent (m/s): attempts 1-9 recorded at full speed
+# (0.25); the expert's own default is 0.06 since attempt 10 (README.md here)
+FINAL_DESCENT=${FINAL_DESCENT:-0.25}
 VARIANT=magma-tiny-sim256
 RECIPE=training/recipes/default_model.yaml
 EVAL_EPISODES=${EVAL_EPISODES:-50}; EVAL_SEED=5000
@@ -71,12 +74,13 @@ $SHAKEN_EPISODES from seed $SHAKEN_SEED" record
   fi
   if [ ! -d "$OUT/demos/pick" ]; then
     $MAGMA record-demos --task pick --episodes "$PICK_EPISODES" --seed $PICK_SEED --no-wrist-inset \
-      --out "$OUT/demos/pick" \
+      --final-descent-speed $FINAL_DESCENT --out "$OUT/demos/pick" \
       > "$OUT/record_pick.log" 2>&1 & pids+=($!)
   fi
   if [ "$SHAKEN_EPISODES" -gt 0 ] && [ ! -d "$OUT/demos/pick_shaken" ]; then
     ROS_DOMAIN_ID=$((ROS_DOMAIN_ID + 2)) $MAGMA record-demos --task pick --episodes "$SHAKEN_EPISODES" \
-      --seed $SHAKEN_SEED --perturb-std $SHAKE --no-wrist-inset --out "$OUT/demos/pick_shaken" > "$OUT/record_pick_shaken.log" 2>&1 &
+      --seed $SHAKEN_SEED --perturb-std $SHAKE --no-wrist-inset --final-descent-speed $FINAL_DESCENT \
+      --out "$OUT/demos/pick_shaken" > "$OUT/record_pick_shaken.log" 2>&1 &
     pids+=($!)
   fi
   for pid in "${pids[@]}"; do wait "$pid"; done
@@ -139,10 +143,11 @@ inset" record_inset
     --episodes "$REACH_EPISODES" --seed $REACH_SEED --wrist-inset --out "$OUT/inset/demos/reach" \
     > "$OUT/record_inset_reach.log" 2>&1 & pids+=($!); }
   [ -d "$OUT/inset/demos/pick" ] || { $MAGMA record-demos --task pick --episodes "$PICK_EPISODES" --seed $PICK_SEED \
-    --wrist-inset --out "$OUT/inset/demos/pick" > "$OUT/record_inset_pick.log" 2>&1 & pids+=($!); }
+    --wrist-inset --final-descent-speed $FINAL_DESCENT --out "$OUT/inset/demos/pick" > "$OUT/record_inset_pick.log" 2>&1 & pids+=($!); }
   if [ "$INSET_SHAKEN_EPISODES" -gt 0 ] && [ ! -d "$OUT/inset/demos/pick_shaken" ]; then
     ROS_DOMAIN_ID=$((ROS_DOMAIN_ID + 2)) $MAGMA record-demos --task pick --episodes "$INSET_SHAKEN_EPISODES" \
-      --seed $SHAKEN_SEED --perturb-std $SHAKE --wrist-inset --out "$OUT/inset/demos/pick_shaken" \
+      --seed $SHAKEN_SEED --perturb-std $SHAKE --wrist-inset --final-descent-speed $FINAL_DESCENT \
+      --out "$OUT/inset/demos/pick_shaken" \
       > "$OUT/record_inset_pick_shaken.log" 2>&1 & pids+=($!)
   fi
   for pid in "${pids[@]}"; do wait "$pid"; done
@@ -174,13 +179,13 @@ if has heldout; then
   [ -d "$HELD/reach" ] || $MAGMA record-demos --task reach --episodes $HELDOUT_EPISODES --seed $HELDOUT_SEED \
     $VIEW --out "$HELD/reach"
   [ -d "$HELD/pick" ] || $MAGMA record-demos --task pick --episodes $HELDOUT_EPISODES --seed $HELDOUT_SEED \
-    $VIEW --out "$HELD/pick"
+    $VIEW --final-descent-speed $FINAL_DESCENT --out "$HELD/pick"
   $MAGMA dataset build "$HELD/reach" "$HELD/pick" --spec config/datasets/sim_panda.yaml --out "$HELD/data" --workers 1 --no-progress
   $MAGMA dataset label-traces "$HELD/data" --window 9 --stride 8 --seed 0 --marks grid --no-progress
   $MAGMA evaluate-offline --checkpoint "$MODEL" --data "$HELD/data" --out "$OUT/offline"
   # Trace-of-Mark answers against the simulator's exact motion of the marks (not the tracker's labels)
   .venv/bin/python training/recipes/tom_sim_truth.py "$MODEL" --task reach pick --episodes $HELDOUT_EPISODES \
-    --seed $HELDOUT_SEED $VIEW --out "$OUT/tom_sim_truth"
+    --seed $HELDOUT_SEED $VIEW --final-descent-speed $FINAL_DESCENT --out "$OUT/tom_sim_truth"
 fi
 if has evaluate; then
   stamp "closed-loop evaluation, synchronous, seeds $EVAL_SEED..$((EVAL_SEED + EVAL_EPISODES - 1))" evaluate

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from magma_ros.backends import PolicyOutput, create_backend
+from magma_ros.sim.expert import ExpertConfig
 from magma_ros.training.offline_eval import trace_endpoint_errors
 from magma_ros.training.records import TraceSample
 from magma_ros.training.tom_truth import (
@@ -132,6 +133,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--width", type=int, default=POLICY_CAMERA.width)
     parser.add_argument("--height", type=int, default=POLICY_CAMERA.height)
     parser.add_argument("--render-detail", choices=("full", "low"), default=POLICY_RENDER_DETAIL)
+    parser.add_argument("--final-descent-speed", type=float, default=None, metavar="M_PER_S",
+                        help="the expert's top speed in the last 5 cm of a pick's descent, as record-demos's "
+                             "(default: the expert's own, 0.06; 0.25 = recordings before attempt 10)")
     parser.add_argument("--wrist-inset", action=argparse.BooleanOptionalAction, default=POLICY_WRIST_INSET,
                         help="the wrist view in the frames' top-right corner, as the sim node's wrist_inset "
                              "(default: the sim's default); use what the model was trained on")
@@ -150,6 +154,8 @@ def main(argv: list[str]) -> int:
           f"{camera.width}x{camera.height} render_detail {args.render_detail}", flush=True)
     labels: SimTraceSet = label_sim_episodes(args.task, seeds, args.steps, camera=camera,
                                              render_detail=args.render_detail, wrist_inset=args.wrist_inset,
+                                             expert=None if args.final_descent_speed is None
+                                             else ExpertConfig(slow_speed=args.final_descent_speed),
                                              on_episode=lambda e: print(f"  label {e.line()}", flush=True))
     windows = labels.windows
     episode_of = {id(w.sample): e for e in labels.episodes for w in e.windows}
