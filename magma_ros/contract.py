@@ -488,6 +488,10 @@ PERTURB_STD_MAX = 0.25
 speed of its final descent."""
 
 
+YAW_SLACK_MAX = math.pi / 4
+"""rad: a cube looks the same every quarter turn, so no heading is further than this from square."""
+
+
 @dataclass
 class ExpertTeleopParameters(NodeParameters):
     """Parameters of ``expert_teleop`` (the scripted expert as a Servo teleoperator; record-demos runs it)."""
@@ -503,12 +507,17 @@ class ExpertTeleopParameters(NodeParameters):
                                               "(ExpertConfig.slow_speed), so a recording shows the hand step by step "
                                               "down to where it closes. 0.25 (its top speed anywhere) = recordings "
                                               "before attempt 10 (training/recipes/README.md)")
+    yaw_slack: float = _param(0.0, "rad: how far from square with the cube's faces the expert may keep its heading "
+                                   "in a pick (ExpertConfig.yaw_slack); it turns only as far as needed to come within "
+                                   "it. 0 = square the fingers every time (recordings before attempt 10)")
 
     def __post_init__(self) -> None:
         _require(math.isfinite(self.perturb_std) and 0.0 <= self.perturb_std <= PERTURB_STD_MAX,
                  f"perturb_std must be in [0, {PERTURB_STD_MAX:g}] m/s, got {self.perturb_std}")
         _require(math.isfinite(self.final_descent_speed) and 0.0 < self.final_descent_speed <= PERTURB_STD_MAX,
                  f"final_descent_speed must be in (0, {PERTURB_STD_MAX:g}] m/s, got {self.final_descent_speed}")
+        _require(math.isfinite(self.yaw_slack) and 0.0 <= self.yaw_slack <= YAW_SLACK_MAX,
+                 f"yaw_slack must be in [0, {YAW_SLACK_MAX:.4f}] rad, got {self.yaw_slack}")
 
 
 PARAMETER_CLASSES[ExpertTeleopParameters.NODE_NAME] = ExpertTeleopParameters

@@ -43,6 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--final-descent-speed", type=float, default=None, metavar="M_PER_S",
                         help="the expert's top speed in the last 5 cm of a pick's descent (default 0.06: the hand "
                              "is seen step by step down to where it closes; 0.25 = recordings before attempt 10)")
+    parser.add_argument("--yaw-slack", type=float, default=None, metavar="RAD",
+                        help="in a pick, the expert keeps its heading when it is within this of square with the "
+                             "cube's faces and turns only as far as needed otherwise (default 0: square every time; "
+                             "the fingers close around the cube from up to about 0.5 rad off)")
     parser.add_argument("--keep-failures", action=argparse.BooleanOptionalAction, default=True,
                         help="keep the bags of episodes the expert failed (marked success: false)")
     parser.set_defaults(func=run)
@@ -65,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
     if args.final_descent_speed is not None and not (
             math.isfinite(args.final_descent_speed) and 0.0 < args.final_descent_speed <= PERTURB_STD_MAX):
         return _fail(f"--final-descent-speed must be in (0, {PERTURB_STD_MAX:g}] m/s, got {args.final_descent_speed}")
+    from magma_ros.contract import YAW_SLACK_MAX
+
+    if args.yaw_slack is not None and not (math.isfinite(args.yaw_slack) and 0.0 <= args.yaw_slack <= YAW_SLACK_MAX):
+        return _fail(f"--yaw-slack must be in [0, {YAW_SLACK_MAX:.4f}] rad, got {args.yaw_slack}")
     out = Path(args.out).expanduser()
     bags = [out / f"episode_{i:04d}" for i in range(args.episodes)]
     taken = [b for b in bags if b.exists()]
@@ -116,16 +124,17 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
         sim = SimArmNode(parameter_overrides=[Parameter(k, value=v) for k, v in sim_parameters.items()])
         render_detail = sim.params.render_detail   # the look of the arm the frames show (evaluate: the same)
         wrist_inset = sim.params.wrist_inset
-        final_descent_speed = None
+        final_descent_speed = yaw_slack = None
         sim_time = [Parameter("use_sim_time", value=True)]
         expert_parameters = {"perturb_std": args.perturb_std,
                              **({} if args.final_descent_speed is None
-                                else {"final_descent_speed": args.final_descent_speed})}
+                                else {"final_descent_speed": args.final_descent_speed}),
+                             **({} if args.yaw_slack is None else {"yaw_slack": args.yaw_slack})}
         expert = ExpertTeleopNode(parameter_overrides=[*sim_time, *(Parameter(k, value=v)
                                                                     for k, v in expert_parameters.items())])
         if args.task == "pick":
-            final_descent_speed = expert.params.final_descent_speed
-            driver += f", final descent at {expert.params.final_descent_speed:g} m/s"
+            final_descent_speed, yaw_slack = expert.params.final_descent_speed, expert.params.yaw_slack
+            driver += f", final descent at {final_descent_speed:g} m/s, heading within {yaw_slack:g} rad of square"
         if args.perturb_std > 0:
             driver += f", perturbed while approaching and descending (std {args.perturb_std:g} m/s per axis)"
         recorder = DemoRecorder(topics, parameter_overrides=sim_time)
@@ -175,7 +184,7 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
     successes = sum(row["success"] for row in index)
     (out / "index.json").write_text(json.dumps({"task": args.task, "seed": args.seed,
                                                 "render_detail": render_detail, "wrist_inset": wrist_inset,
-                                                "final_descent_speed": final_descent_speed,
+                                                "final_descent_speed": final_descent_speed, "yaw_slack": yaw_slack,
                                                 "episodes": index},
                                                indent=2) + "\n")
     print(f"expert success {successes}/{len(index)}; {time.monotonic() - started:.0f} s; index: {out / 'index.json'}")

@@ -53,6 +53,7 @@ class ExpertConfig:
     position_tolerance: float = 0.008
     yaw_tolerance: float = 0.05
     close_steps: int = 5
+    yaw_slack: float = 0.0
     open_width: float = 0.08
     cube_size: float = 0.055
 
@@ -75,6 +76,8 @@ class ExpertConfig:
         ):
             if not getattr(self, name) > 0.0:
                 raise TaskError(f"expert: {name} must be positive, got {getattr(self, name)}")
+        if not (math.isfinite(self.yaw_slack) and 0.0 <= self.yaw_slack <= math.pi / 4):
+            raise TaskError(f"expert: yaw_slack must be in [0, pi/4] rad, got {self.yaw_slack}")
         if self.close_steps < 1:
             raise TaskError(f"expert: close_steps must be at least 1, got {self.close_steps}")
 
@@ -145,7 +148,12 @@ class ScriptedExpert:
         ee = observation.ee_pose.position
         self._phase_steps += 1
         if self.phase in (Phase.APPROACH, Phase.DESCEND):
-            self._yaw = grasp_yaw(yaw_of(cube.orientation), yaw_of(observation.ee_pose.orientation))
+            heading = yaw_of(observation.ee_pose.orientation)
+            square = grasp_yaw(yaw_of(cube.orientation), heading)
+            # turn only as far as needed to come within yaw_slack of square: the open fingers (8 cm) close
+            # around the cube (5.5 cm) from up to about 30 degrees off and square it as they close
+            off = math.remainder(heading - square, 2 * math.pi)
+            self._yaw = square + min(max(off, -cfg.yaw_slack), cfg.yaw_slack)
         yaw = self._yaw if self._yaw is not None else yaw_of(observation.ee_pose.orientation)
         yaw_error = abs(math.remainder(yaw - yaw_of(observation.ee_pose.orientation), 2 * math.pi))
 

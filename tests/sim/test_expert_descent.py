@@ -1,4 +1,5 @@
-"""The scripted expert's last centimetres before a grasp are slow, so recordings show them densely.
+"""The scripted expert's pick: the last centimetres before a grasp are slow, so recordings show them
+densely; ``yaw_slack`` lets it keep a heading that is close enough to square with the cube.
 
 At full speed the hand dropped about 2 cm per control step there; a recording then held no frame
 between "well above the cube: descend" and "low: close", and a policy trained on it closed halfway
@@ -6,12 +7,15 @@ between "well above the cube: descend" and "low: close", and a policy trained on
 ``slow_speed``, and the band between ``close_height`` and ``slow_height`` must be seen step by step.
 """
 
+import math
+
 import numpy as np
 import pytest
 
 from magma_ros.sim import ExpertConfig, ScriptedExpert, Workcell, run_episode, task_for_seed
 from magma_ros.sim.episode import EpisodeConfig
-from magma_ros.sim.expert import Phase
+from magma_ros.sim.expert import Phase, grasp_yaw
+from magma_ros.sim.transforms import yaw_of
 
 SEEDS = range(1000, 1008)
 
@@ -50,3 +54,44 @@ def test_final_descent_is_slow_and_densely_sampled(seed):
 def test_slow_zone_must_be_positive():
     with pytest.raises(Exception, match="slow_speed"):
         ExpertConfig(slow_speed=0.0)
+
+
+def _off_square(cell: Workcell, color: str) -> float:
+    heading = yaw_of(cell.ee_pose().orientation)
+    return abs(math.remainder(heading - grasp_yaw(yaw_of(cell.cube_pose(color).orientation), heading), 2 * math.pi))
+
+
+@pytest.mark.parametrize("slack", [0.0, 0.45])
+def test_yaw_slack_turns_only_as_far_as_needed(slack):
+    """With slack the expert keeps a heading within ``slack`` of square and turns the rest; it still picks."""
+    config = ExpertConfig(yaw_slack=slack)
+    kept, turned = 0, 0
+    with Workcell() as cell:
+        for seed in range(1000, 1012):
+            task = task_for_seed("pick", seed)
+            cell.reset(seed)
+            start = _off_square(cell, task.color)
+            expert = ScriptedExpert(task, config)
+            turns: list[float] = []
+            at_close: list[float] = []
+
+            def observe(observation, action, expert=expert, turns=turns, at_close=at_close, task=task, cell=cell):
+                turns.append(abs(float(action.angular[2])))
+                if expert.phase is Phase.CLOSE and not at_close:
+                    at_close.append(_off_square(cell, task.color))
+
+            result = run_episode(task, seed, expert, workcell=cell, observer=observe)
+            assert result.success, f"seed {seed} (start {start:.2f} rad off square, slack {slack})"
+            assert at_close[0] <= max(slack, config.yaw_tolerance) + 0.03, (seed, start, at_close)
+            if start < slack - 0.05:   # close enough from the start: it never turns
+                kept += 1
+                assert max(turns) < 0.05, (seed, start, max(turns))
+            elif start > slack + 0.05:   # too far: it turns, down to the edge of the slack, not to square
+                turned += 1
+                assert at_close[0] >= slack - 0.1, (seed, start, at_close)
+    assert turned > 0 and (kept > 0 or slack == 0.0)
+
+
+def test_yaw_slack_is_at_most_a_quarter_of_a_half_turn():
+    with pytest.raises(Exception, match="yaw_slack"):
+        ExpertConfig(yaw_slack=1.0)

@@ -136,6 +136,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--final-descent-speed", type=float, default=None, metavar="M_PER_S",
                         help="the expert's top speed in the last 5 cm of a pick's descent, as record-demos's "
                              "(default: the expert's own, 0.06; 0.25 = recordings before attempt 10)")
+    parser.add_argument("--yaw-slack", type=float, default=0.0, metavar="RAD",
+                        help="the expert's heading may stay this far from square with the cube (record-demos's)")
     parser.add_argument("--wrist-inset", action=argparse.BooleanOptionalAction, default=POLICY_WRIST_INSET,
                         help="the wrist view in the frames' top-right corner, as the sim node's wrist_inset "
                              "(default: the sim's default); use what the model was trained on")
@@ -154,8 +156,9 @@ def main(argv: list[str]) -> int:
           f"{camera.width}x{camera.height} render_detail {args.render_detail}", flush=True)
     labels: SimTraceSet = label_sim_episodes(args.task, seeds, args.steps, camera=camera,
                                              render_detail=args.render_detail, wrist_inset=args.wrist_inset,
-                                             expert=None if args.final_descent_speed is None
-                                             else ExpertConfig(slow_speed=args.final_descent_speed),
+                                             expert=dataclasses.replace(ExpertConfig(), yaw_slack=args.yaw_slack,
+                                                                        **({} if args.final_descent_speed is None
+                                                                           else {"slow_speed": args.final_descent_speed})),
                                              on_episode=lambda e: print(f"  label {e.line()}", flush=True))
     windows = labels.windows
     episode_of = {id(w.sample): e for e in labels.episodes for w in e.windows}
