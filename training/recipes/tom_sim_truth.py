@@ -154,11 +154,11 @@ def main(argv: list[str]) -> int:
     seeds = range(args.seed, args.seed + args.episodes)
     print(f"labelling {len(args.task)} x {args.episodes} episode(s) from seed {args.seed}, {args.steps} steps, "
           f"{camera.width}x{camera.height} render_detail {args.render_detail}", flush=True)
+    speed = {} if args.final_descent_speed is None else {"slow_speed": args.final_descent_speed}
+    expert = dataclasses.replace(ExpertConfig(), yaw_slack=args.yaw_slack, **speed)
     labels: SimTraceSet = label_sim_episodes(args.task, seeds, args.steps, camera=camera,
                                              render_detail=args.render_detail, wrist_inset=args.wrist_inset,
-                                             expert=dataclasses.replace(ExpertConfig(), yaw_slack=args.yaw_slack,
-                                                                        **({} if args.final_descent_speed is None
-                                                                           else {"slow_speed": args.final_descent_speed})),
+                                             expert=expert,
                                              on_episode=lambda e: print(f"  label {e.line()}", flush=True))
     windows = labels.windows
     episode_of = {id(w.sample): e for e in labels.episodes for w in e.windows}
