@@ -510,6 +510,8 @@ class ExpertTeleopParameters(NodeParameters):
     yaw_slack: float = _param(0.0, "rad: how far from square with the cube's faces the expert may keep its heading "
                                    "in a pick (ExpertConfig.yaw_slack); it turns only as far as needed to come within "
                                    "it. 0 = square the fingers every time (recordings before attempt 10)")
+    close_steps: int = _param(5, "control steps a pick's expert holds still with the gripper closing before it "
+                                 "lifts (ExpertConfig.close_steps)")
 
     def __post_init__(self) -> None:
         _require(math.isfinite(self.perturb_std) and 0.0 <= self.perturb_std <= PERTURB_STD_MAX,
@@ -518,6 +520,7 @@ class ExpertTeleopParameters(NodeParameters):
                  f"final_descent_speed must be in (0, {PERTURB_STD_MAX:g}] m/s, got {self.final_descent_speed}")
         _require(math.isfinite(self.yaw_slack) and 0.0 <= self.yaw_slack <= YAW_SLACK_MAX,
                  f"yaw_slack must be in [0, {YAW_SLACK_MAX:.4f}] rad, got {self.yaw_slack}")
+        _require(1 <= self.close_steps <= 50, f"close_steps must be in [1, 50], got {self.close_steps}")
 
 
 PARAMETER_CLASSES[ExpertTeleopParameters.NODE_NAME] = ExpertTeleopParameters

@@ -47,6 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="in a pick, the expert keeps its heading when it is within this of square with the "
                              "cube's faces and turns only as far as needed otherwise (default 0: square every time; "
                              "the fingers close around the cube from up to about 0.5 rad off)")
+    parser.add_argument("--close-steps", type=int, default=None, metavar="N",
+                        help="in a pick, the control steps the expert holds still while the gripper closes, before "
+                             "it lifts (default 5)")
     parser.add_argument("--keep-failures", action=argparse.BooleanOptionalAction, default=True,
                         help="keep the bags of episodes the expert failed (marked success: false)")
     parser.set_defaults(func=run)
@@ -73,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.yaw_slack is not None and not (math.isfinite(args.yaw_slack) and 0.0 <= args.yaw_slack <= YAW_SLACK_MAX):
         return _fail(f"--yaw-slack must be in [0, {YAW_SLACK_MAX:.4f}] rad, got {args.yaw_slack}")
+    if args.close_steps is not None and not 1 <= args.close_steps <= 50:
+        return _fail(f"--close-steps must be in [1, 50], got {args.close_steps}")
     out = Path(args.out).expanduser()
     bags = [out / f"episode_{i:04d}" for i in range(args.episodes)]
     taken = [b for b in bags if b.exists()]
@@ -124,17 +129,20 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
         sim = SimArmNode(parameter_overrides=[Parameter(k, value=v) for k, v in sim_parameters.items()])
         render_detail = sim.params.render_detail   # the look of the arm the frames show (evaluate: the same)
         wrist_inset = sim.params.wrist_inset
-        final_descent_speed = yaw_slack = None
+        final_descent_speed = yaw_slack = close_steps = None
         sim_time = [Parameter("use_sim_time", value=True)]
         expert_parameters = {"perturb_std": args.perturb_std,
                              **({} if args.final_descent_speed is None
                                 else {"final_descent_speed": args.final_descent_speed}),
-                             **({} if args.yaw_slack is None else {"yaw_slack": args.yaw_slack})}
+                             **({} if args.yaw_slack is None else {"yaw_slack": args.yaw_slack}),
+                             **({} if args.close_steps is None else {"close_steps": args.close_steps})}
         expert = ExpertTeleopNode(parameter_overrides=[*sim_time, *(Parameter(k, value=v)
                                                                     for k, v in expert_parameters.items())])
         if args.task == "pick":
             final_descent_speed, yaw_slack = expert.params.final_descent_speed, expert.params.yaw_slack
-            driver += f", final descent at {final_descent_speed:g} m/s, heading within {yaw_slack:g} rad of square"
+            close_steps = expert.params.close_steps
+            driver += (f", final descent at {final_descent_speed:g} m/s, heading within {yaw_slack:g} rad of square, "
+                       f"{close_steps} steps closing")
         if args.perturb_std > 0:
             driver += f", perturbed while approaching and descending (std {args.perturb_std:g} m/s per axis)"
         recorder = DemoRecorder(topics, parameter_overrides=sim_time)
@@ -185,6 +193,7 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
     (out / "index.json").write_text(json.dumps({"task": args.task, "seed": args.seed,
                                                 "render_detail": render_detail, "wrist_inset": wrist_inset,
                                                 "final_descent_speed": final_descent_speed, "yaw_slack": yaw_slack,
+                                                "close_steps": close_steps,
                                                 "episodes": index},
                                                indent=2) + "\n")
     print(f"expert success {successes}/{len(index)}; {time.monotonic() - started:.0f} s; index: {out / 'index.json'}")

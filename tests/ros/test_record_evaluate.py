@@ -121,10 +121,11 @@ def test_record_demos_expert_options_for_a_pick(tmp_path: Path) -> None:
     slow, fast = tmp_path / "slow", tmp_path / "fast"
     magma_ros("record-demos", "--task", "pick", "--episodes", "1", "--seed", "7", "--out", str(slow))
     magma_ros("record-demos", "--task", "pick", "--episodes", "1", "--seed", "7", "--final-descent-speed", "0.25",
-              "--yaw-slack", "0.3", "--out", str(fast))
+              "--yaw-slack", "0.3", "--close-steps", "7", "--out", str(fast))
     index = {name: json.loads((d / "index.json").read_text()) for name, d in (("slow", slow), ("fast", fast))}
     assert index["slow"]["final_descent_speed"] == 0.06 and index["fast"]["final_descent_speed"] == 0.25
     assert index["slow"]["yaw_slack"] == 0.0 and index["fast"]["yaw_slack"] == 0.3
+    assert index["slow"]["close_steps"] == 5 and index["fast"]["close_steps"] == 7
     assert all(i["episodes"][0]["success"] for i in index.values())
     # the hand descends to about 1.5 cm above the cube's centre: the slow zone (5 cm) is everything 3 cm above that
     near = {name: [speed for height, speed in _descent_speeds(d / "episode_0000") if height < 0.03]
@@ -132,13 +133,15 @@ def test_record_demos_expert_options_for_a_pick(tmp_path: Path) -> None:
     assert near["slow"] and max(near["slow"]) <= 0.06 + 1e-9, near["slow"]
     assert max(near["fast"]) > 0.1, near["fast"]   # before attempt 10: the same seed at full speed
     assert len(near["slow"]) > len(near["fast"])
-    assert index["slow"]["episodes"][0]["steps"] > index["fast"]["episodes"][0]["steps"]
     bad = subprocess.run([str(VENV_BIN / "magma-ros"), "record-demos", "--task", "pick", "--final-descent-speed", "0",
                           "--out", str(tmp_path / "bad")], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "--final-descent-speed must be in (0, 0.25]" in bad.stderr
     bad = subprocess.run([str(VENV_BIN / "magma-ros"), "record-demos", "--task", "pick", "--yaw-slack", "nan",
                           "--out", str(tmp_path / "bad")], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "--yaw-slack must be in [0, 0.7854] rad" in bad.stderr
+    bad = subprocess.run([str(VENV_BIN / "magma-ros"), "record-demos", "--task", "pick", "--close-steps", "0",
+                          "--out", str(tmp_path / "bad")], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "--close-steps must be in [1, 50]" in bad.stderr
 
 
 def test_evaluate_runs_end_to_end(tmp_path: Path, tiny_checkpoint: Path) -> None:

@@ -95,3 +95,23 @@ def test_yaw_slack_turns_only_as_far_as_needed(slack):
 def test_yaw_slack_is_at_most_a_quarter_of_a_half_turn():
     with pytest.raises(Exception, match="yaw_slack"):
         ExpertConfig(yaw_slack=1.0)
+
+
+@pytest.mark.parametrize("close_steps", [5, 10])
+def test_close_steps_hold_still_before_the_lift(close_steps):
+    """From the close command the hand stays put, the gripper commanded shut, for close_steps steps; then it lifts."""
+    task = task_for_seed("pick", 1003)
+    expert = ScriptedExpert(task, ExpertConfig(close_steps=close_steps))
+    phases: list[tuple[Phase, float, float]] = []
+
+    def observe(observation, action):
+        phases.append((expert.phase, float(np.linalg.norm(action.linear)), action.gripper_width))
+
+    with Workcell() as cell:
+        result = run_episode(task, 1003, expert, workcell=cell, observer=observe)
+    assert result.success
+    first = next(i for i, (phase, _, _) in enumerate(phases) if phase is Phase.CLOSE)
+    moving = next(i for i in range(first, len(phases)) if phases[i][1] > 0.0)
+    assert close_steps <= moving - first <= close_steps + 1, phases[first:moving + 1]
+    assert all(width == 0.0 for _, _, width in phases[first:moving + 1])
+    assert phases[moving][0] is Phase.LIFT
