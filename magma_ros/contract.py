@@ -491,6 +491,9 @@ speed of its final descent."""
 YAW_SLACK_MAX = math.pi / 4
 """rad: a cube looks the same every quarter turn, so no heading is further than this from square."""
 
+CLOSE_STEPS_MAX = 50
+"""The expert's longest still close (control steps): 5 s at 10 Hz."""
+
 
 @dataclass
 class ExpertTeleopParameters(NodeParameters):
@@ -512,6 +515,12 @@ class ExpertTeleopParameters(NodeParameters):
                                    "it. 0 = square the fingers every time (recordings before attempt 10)")
     close_steps: int = _param(5, "control steps a pick's expert holds still with the gripper closing before it "
                                  "lifts (ExpertConfig.close_steps)")
+    # the three defaults above are ExpertConfig's (tests/sim/test_expert_descent.py holds them equal): the
+    # contract stays free of the simulator's imports
+
+    def expert_config_fields(self) -> dict[str, Any]:
+        """These parameters as ExpertConfig fields (the ROS-free expert's configuration)."""
+        return {"slow_speed": self.final_descent_speed, "yaw_slack": self.yaw_slack, "close_steps": self.close_steps}
 
     def __post_init__(self) -> None:
         _require(math.isfinite(self.perturb_std) and 0.0 <= self.perturb_std <= PERTURB_STD_MAX,
@@ -520,7 +529,8 @@ class ExpertTeleopParameters(NodeParameters):
                  f"final_descent_speed must be in (0, {PERTURB_STD_MAX:g}] m/s, got {self.final_descent_speed}")
         _require(math.isfinite(self.yaw_slack) and 0.0 <= self.yaw_slack <= YAW_SLACK_MAX,
                  f"yaw_slack must be in [0, {YAW_SLACK_MAX:.4f}] rad, got {self.yaw_slack}")
-        _require(1 <= self.close_steps <= 50, f"close_steps must be in [1, 50], got {self.close_steps}")
+        _require(1 <= self.close_steps <= CLOSE_STEPS_MAX,
+                 f"close_steps must be in [1, {CLOSE_STEPS_MAX}], got {self.close_steps}")
 
 
 PARAMETER_CLASSES[ExpertTeleopParameters.NODE_NAME] = ExpertTeleopParameters

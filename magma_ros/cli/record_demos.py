@@ -72,12 +72,12 @@ def run(args: argparse.Namespace) -> int:
     if args.final_descent_speed is not None and not (
             math.isfinite(args.final_descent_speed) and 0.0 < args.final_descent_speed <= PERTURB_STD_MAX):
         return _fail(f"--final-descent-speed must be in (0, {PERTURB_STD_MAX:g}] m/s, got {args.final_descent_speed}")
-    from magma_ros.contract import YAW_SLACK_MAX
+    from magma_ros.contract import CLOSE_STEPS_MAX, YAW_SLACK_MAX
 
     if args.yaw_slack is not None and not (math.isfinite(args.yaw_slack) and 0.0 <= args.yaw_slack <= YAW_SLACK_MAX):
         return _fail(f"--yaw-slack must be in [0, {YAW_SLACK_MAX:.4f}] rad, got {args.yaw_slack}")
-    if args.close_steps is not None and not 1 <= args.close_steps <= 50:
-        return _fail(f"--close-steps must be in [1, 50], got {args.close_steps}")
+    if args.close_steps is not None and not 1 <= args.close_steps <= CLOSE_STEPS_MAX:
+        return _fail(f"--close-steps must be in [1, {CLOSE_STEPS_MAX}], got {args.close_steps}")
     out = Path(args.out).expanduser()
     bags = [out / f"episode_{i:04d}" for i in range(args.episodes)]
     taken = [b for b in bags if b.exists()]
@@ -131,13 +131,10 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
         wrist_inset = sim.params.wrist_inset
         final_descent_speed = yaw_slack = close_steps = None
         sim_time = [Parameter("use_sim_time", value=True)]
-        expert_parameters = {"perturb_std": args.perturb_std,
-                             **({} if args.final_descent_speed is None
-                                else {"final_descent_speed": args.final_descent_speed}),
-                             **({} if args.yaw_slack is None else {"yaw_slack": args.yaw_slack}),
-                             **({} if args.close_steps is None else {"close_steps": args.close_steps})}
+        options = {"perturb_std": args.perturb_std, "final_descent_speed": args.final_descent_speed,
+                   "yaw_slack": args.yaw_slack, "close_steps": args.close_steps}   # None: the node's default
         expert = ExpertTeleopNode(parameter_overrides=[*sim_time, *(Parameter(k, value=v)
-                                                                    for k, v in expert_parameters.items())])
+                                                                    for k, v in options.items() if v is not None)])
         if args.task == "pick":
             final_descent_speed, yaw_slack = expert.params.final_descent_speed, expert.params.yaw_slack
             close_steps = expert.params.close_steps

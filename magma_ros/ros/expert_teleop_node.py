@@ -96,9 +96,7 @@ class ExpertTeleopNode(Node):
             if self._status.episode != self._episode:
                 self._episode = self._status.episode
                 expert = ScriptedExpert(make_task(self._status.task, self._status.color, self._status.max_steps),
-                                        ExpertConfig(slow_speed=self.params.final_descent_speed,
-                                                     yaw_slack=self.params.yaw_slack,
-                                                     close_steps=self.params.close_steps))
+                                        ExpertConfig(**self.params.expert_config_fields()))
                 self._expert = (PerturbedExpert(expert, self.params.perturb_std, self._status.seed)
                                 if self.params.perturb_std > 0 else expert)
                 self._gripper_sent = None

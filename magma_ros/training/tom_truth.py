@@ -204,7 +204,7 @@ def label_sim_episodes(families: Sequence[str], seeds: Iterable[int], steps: int
     (:func:`~magma_ros.sim.session.choose_task`: colours cycle with the seed) and label every
     window from the exact motion; ``on_episode`` sees each episode when it is labelled. With
     ``wrist_inset`` the frames carry the wrist view in their top-right corner, as the sim node's;
-    ``expert`` configures the scripted expert (as ``record-demos --final-descent-speed`` does).
+    ``expert`` configures the scripted expert (as ``record-demos``'s expert options do).
 
     Episode ids are ``<family>-<seed>`` (they seed the labeller's random choices, as episode
     ids do in ``label-traces``). Raises :class:`~magma_ros.sim.SimError` (a ``ValueError`` too)

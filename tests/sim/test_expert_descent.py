@@ -115,3 +115,12 @@ def test_close_steps_hold_still_before_the_lift(close_steps):
     assert close_steps <= moving - first <= close_steps + 1, phases[first:moving + 1]
     assert all(width == 0.0 for _, _, width in phases[first:moving + 1])
     assert phases[moving][0] is Phase.LIFT
+
+
+def test_expert_teleop_defaults_are_the_experts():
+    """The ROS node's expert options default to ExpertConfig's, so record-demos and the ROS-free expert agree."""
+    from magma_ros.contract import ExpertTeleopParameters
+
+    fields = ExpertTeleopParameters().expert_config_fields()
+    defaults = ExpertConfig()
+    assert fields == {name: getattr(defaults, name) for name in fields}

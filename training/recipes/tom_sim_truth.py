@@ -155,7 +155,7 @@ def main(argv: list[str]) -> int:
     print(f"labelling {len(args.task)} x {args.episodes} episode(s) from seed {args.seed}, {args.steps} steps, "
           f"{camera.width}x{camera.height} render_detail {args.render_detail}", flush=True)
     speed = {} if args.final_descent_speed is None else {"slow_speed": args.final_descent_speed}
-    expert = dataclasses.replace(ExpertConfig(), yaw_slack=args.yaw_slack, **speed)
+    expert = ExpertConfig(yaw_slack=args.yaw_slack, **speed)
     labels: SimTraceSet = label_sim_episodes(args.task, seeds, args.steps, camera=camera,
                                              render_detail=args.render_detail, wrist_inset=args.wrist_inset,
                                              expert=expert,
