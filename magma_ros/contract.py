@@ -85,6 +85,10 @@ TOPICS: dict[str, Topic] = {
 }
 
 
+GRIPPER_HOLD_MAX = 1000
+"""The longest gripper dwell (``gripper_min_hold_steps``) the policy node accepts."""
+
+
 def _param(default: Any, description: str, live: bool = False, **kwargs: Any) -> Any:
     """A dataclass field that is also a ROS parameter with a description; ``live``: settable at run time."""
     metadata = {"description": description, "live": live}
@@ -173,6 +177,8 @@ class PolicyNodeParameters(NodeParameters):
     sampling_temperature: float = _param(0.0, "0 = greedy decoding; > 0 samples (reference: 0.7)")
     gripper_open_threshold: float = _param(0.6, "gripper hysteresis: open when the command rises above this")
     gripper_close_threshold: float = _param(0.4, "gripper hysteresis: close when the command falls below this")
+    gripper_min_hold_steps: int = _param(0, "gripper dwell: after the command changes, keep it for this many more "
+                                            "actions whatever the model says (0 = off; a new instruction ends it)")
     diagnostics_period_s: float = _param(1.0, "period of the diagnostics status (s)")
     autostart: bool = _param(False, "configure and activate on start (otherwise wait for lifecycle commands)")
 
@@ -200,6 +206,8 @@ class PolicyNodeParameters(NodeParameters):
         _require(0 <= self.gripper_close_threshold <= self.gripper_open_threshold <= 1,
                  "need 0 <= gripper_close_threshold <= gripper_open_threshold <= 1, got "
                  f"{self.gripper_close_threshold} / {self.gripper_open_threshold}")
+        _require(0 <= self.gripper_min_hold_steps <= GRIPPER_HOLD_MAX,
+                 f"gripper_min_hold_steps must be in 0..{GRIPPER_HOLD_MAX}, got {self.gripper_min_hold_steps}")
         _require(bool(self.base_frame), "base_frame must not be empty")
 
 

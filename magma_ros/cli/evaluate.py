@@ -51,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--wrist-inset", action=argparse.BooleanOptionalAction, default=None,
                         help="the sim pastes the wrist camera's view into the camera image (its wrist_inset "
                              "parameter); unset: the bringup's sim config decides. Use what the model was trained on")
+    parser.add_argument("--gripper-hold", type=int, default=None, metavar="STEPS",
+                        help="the policy's gripper dwell (gripper_min_hold_steps): after the gripper command "
+                             "changes it is kept this many more actions; unset: the bringup's policy config")
     add_backend_arguments(parser, default_backend=None)   # unset: the bringup's policy config decides
     parser.set_defaults(func=run)
 
@@ -72,6 +75,8 @@ class EvaluationSettings:
     realtime_camera_hz: float = 0.0
     # the sim's wrist_inset parameter (the wrist view pasted into the camera image); None = the bringup's
     wrist_inset: bool | None = None
+    # the policy's gripper_min_hold_steps; None = the bringup's
+    gripper_hold: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.realtime_camera_hz <= 120.0:
@@ -82,6 +87,10 @@ class EvaluationSettings:
             raise ValueError(f"--seed must be in [0, 2**32 - episodes), got {self.seed}")
         if self.max_steps < 0:
             raise ValueError(f"--max-steps must be >= 0, got {self.max_steps}")
+        from magma_ros.contract import GRIPPER_HOLD_MAX
+
+        if self.gripper_hold is not None and not 0 <= self.gripper_hold <= GRIPPER_HOLD_MAX:
+            raise ValueError(f"--gripper-hold must be in 0..{GRIPPER_HOLD_MAX}, got {self.gripper_hold}")
 
 
 @dataclass
@@ -116,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         settings = EvaluationSettings(args.checkpoint, tuple(dict.fromkeys(args.task)), args.episodes, args.seed,
                                       args.max_steps, Path(args.out), Path(args.gif) if args.gif else None,
                                       args.bringup, args.verbose, backend_parameters(args), args.realtime,
-                                      args.wrist_inset)
+                                      args.wrist_inset, args.gripper_hold)
     except ValueError as err:
         print(f"magma-ros evaluate: {err}", file=sys.stderr)
         return 2
@@ -140,7 +149,7 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
     from rclpy.logging import LoggingSeverity
 
     from magma_ros.bringup import BringupError, load_bringup
-    from magma_ros.contract import SimArmParameters
+    from magma_ros.contract import PolicyNodeParameters, SimArmParameters
     from magma_ros.evaluation import EpisodeOutcome, plot_summary, summary_document, write_json
     from magma_ros.ros.bringup_runner import create_nodes, start_processes, stop_processes
     from magma_ros.ros.overlay_recorder import OverlayRecorder
@@ -168,6 +177,8 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
         overrides["magma_policy_node"]["action_thread"] = True   # the newest frame, as on an arm
     if settings.wrist_inset is not None:
         overrides["sim_arm_node"]["wrist_inset"] = settings.wrist_inset
+    if settings.gripper_hold is not None:
+        overrides["magma_policy_node"]["gripper_min_hold_steps"] = settings.gripper_hold
     if settings.backend_params:
         overrides["magma_policy_node"] = {**overrides.get("magma_policy_node", {}), **settings.backend_params}
     bringup = bringup.with_overrides(overrides)
@@ -236,6 +247,9 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
     camera = {"camera_hz": settings.realtime_camera_hz} if settings.realtime_camera_hz > 0 else {}
     sim_values = next(n for n in bringup.nodes if n.executable == "sim_arm_node").parameter_values()
     camera["wrist_inset"] = bool(sim_values.get("wrist_inset", SimArmParameters().wrist_inset))
+    policy_values = next(n for n in bringup.nodes if n.executable == "magma_policy_node").parameter_values()
+    camera["gripper_min_hold_steps"] = int(policy_values.get("gripper_min_hold_steps",
+                                                             PolicyNodeParameters().gripper_min_hold_steps))
     document = summary_document(outcomes, checkpoint=settings.checkpoint or "(embedded default)", model_id=model_id,
                                 bringup=str(bringup.source),
                                 mode="realtime" if settings.realtime_camera_hz > 0 else "synchronous",

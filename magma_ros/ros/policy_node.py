@@ -70,7 +70,8 @@ class PolicyNode(ManagedNode[PolicyNodeParameters]):
         self._traces: PolicyOutput | None = None
         self._camera_info: CameraInfo | None = None
         self._depth_msg: Any = None
-        self._gripper = GripperHysteresis(self.params.gripper_open_threshold, self.params.gripper_close_threshold)
+        self._gripper = GripperHysteresis(self.params.gripper_open_threshold, self.params.gripper_close_threshold,
+                                          min_hold_steps=self.params.gripper_min_hold_steps)
         self.counters = {"received": 0, "processed": 0, "dropped_newer_frame": 0, "stale": 0, "rejected": 0,
                          "inactive": 0, "bad_stamp": 0, "invalid_action": 0, "commanded": 0, "trace_queries": 0}
         self._processed = RollingWindow()
@@ -179,6 +180,7 @@ class PolicyNode(ManagedNode[PolicyNodeParameters]):
         with self._lock:
             previous, self._instruction = self._instruction, text
             self._traces = None   # traces answered another instruction
+            self._gripper.release()   # a new task: a dwell the last one started ends here
         self.get_logger().info(f"instruction: {text!r}")
         return previous
 
@@ -266,8 +268,8 @@ class PolicyNode(ManagedNode[PolicyNodeParameters]):
             output = PolicyOutput.failure(
                 f"observation was {age:.3f} s old when inference finished (max {p.max_observation_age_s} s)",
                 output.timings, output.raw_text)
-        gripper = output_gripper_command(self._gripper, output)
-        with self._lock:
+        with self._lock:   # beside _set_instruction, which ends a gripper dwell
+            gripper = output_gripper_command(self._gripper, output)
             traces = self._traces
         prediction = prediction_message(header, output, instruction, model_id, gripper,
                                         (time.monotonic() - received) * 1e3, traces)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from magma_ros.codecs import GRIPPER_THRESHOLD, CodecError, GripperHysteresis, binarize_gripper, gripper_label
@@ -51,3 +52,42 @@ def test_hysteresis_rejects_bad_thresholds() -> None:
         GripperHysteresis(0.5, 0.5)
     with pytest.raises(CodecError, match="finite"):
         GripperHysteresis(float("nan"), 0.2)
+
+
+def test_dwell_keeps_a_changed_state_for_min_hold_steps_updates() -> None:
+    h = GripperHysteresis(min_hold_steps=3)
+    # close, then three updates that say "open" are ignored; the fourth opens (and starts a new dwell)
+    sequence = [0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    expected = [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    got = []
+    for value in sequence:
+        got.append(h.update(value))
+    assert got == expected
+    # an update that does not change the state starts no dwell
+    h = GripperHysteresis(min_hold_steps=2)
+    assert [h.update(v) for v in (1.0, 1.0, 0.0, 1.0, 1.0, 1.0)] == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def test_dwell_counts_every_update_and_ends_on_release_or_reset() -> None:
+    h = GripperHysteresis(min_hold_steps=2)
+    assert h.update(0.0) == 0.0 and h.holding
+    assert h.update(float("nan")) == 0.0 and h.update(float("inf")) == 0.0   # non-finite updates count too
+    assert not h.holding and h.update(1.0) == 1.0
+    assert h.update(0.0) == 1.0 and h.holding   # inside the dwell of the opening
+    h.release()
+    assert not h.holding and h.is_open and h.update(0.0) == 0.0   # release keeps the state, ends the dwell
+    h.reset()
+    assert not h.holding and h.is_open and h.update(0.0) == 0.0
+
+
+def test_zero_dwell_is_the_plain_hysteresis() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.uniform(-0.2, 1.2, size=500)
+    plain, dwell0 = GripperHysteresis(), GripperHysteresis(min_hold_steps=0)
+    assert [plain.update(v) for v in values] == [dwell0.update(v) for v in values]
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
+def test_dwell_rejects_bad_lengths(bad: object) -> None:
+    with pytest.raises(CodecError, match="min_hold_steps"):
+        GripperHysteresis(min_hold_steps=bad)  # type: ignore[arg-type]

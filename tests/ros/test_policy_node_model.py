@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
-from std_msgs.msg import Header
+from std_msgs.msg import Header, String
 from visualization_msgs.msg import Marker, MarkerArray
 
 from magma_ros import contract
@@ -146,3 +147,83 @@ def test_without_the_action_thread_every_frame_is_answered_in_its_callback(graph
     assert [stamp(p) for p in predictions] == sent
     c = node.counters
     assert c["dropped_newer_frame"] == 0 and c["processed"] == 5 and c["received"] == 6, c
+
+
+def test_gripper_dwell_holds_every_command_change(graph: RosGraph, tiny_checkpoint: Path) -> None:
+    """gripper_min_hold_steps over DDS: each published command equals the hysteresis with that dwell
+    replayed over the model's raw gripper values (every sample), and the dwell overrides some of the
+    model's changes."""
+    from magma_ros.codecs import GripperHysteresis
+
+    hold = 3
+    graph.add(PolicyNode(context=graph.context, parameter_overrides=[
+        Parameter("checkpoint", value=str(tiny_checkpoint)), Parameter("autostart", value=True),
+        Parameter("statistics", value="sim_panda"), Parameter("control_rate_hz", value=0.0),
+        Parameter("action_thread", value=False), Parameter("gripper_min_hold_steps", value=hold),
+        Parameter("max_observation_age_s", value=30.0)]))
+    probe = graph.node("probe")
+    predictions = graph.collect(probe, Prediction, contract.PREDICTION.name)
+    deltas = graph.collect(probe, EndEffectorDelta, contract.EE_DELTA.name)
+    camera = probe.create_publisher(Image, contract.CAMERA_IMAGE.name, qos(contract.CAMERA_IMAGE))
+    assert wait_for(lambda: camera.get_subscription_count() > 0, 10)
+    rng = np.random.default_rng(1)
+    for i in range(40):   # one frame at a time: every frame is answered, in order
+        header = Header(stamp=probe.get_clock().now().to_msg(), frame_id="camera_color_optical_frame")
+        camera.publish(numpy_to_image(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), "rgb8", header=header))
+        assert wait_for(lambda i=i: len(predictions) > i, 20), f"no answer to frame {i}"
+    assert wait_for(lambda: len(deltas) == sum(p.action_valid for p in predictions), 5)
+
+    valid = [p for p in predictions if p.action_valid]
+    assert len(valid) == 40, [p.error for p in predictions if not p.action_valid]
+    replay = GripperHysteresis(0.6, 0.4, min_hold_steps=hold)
+    expected = [replay.update(float(p.action[6])) for p in valid]
+    assert [p.gripper for p in valid] == expected
+    assert [d.gripper for d in deltas] == expected
+    plain = GripperHysteresis(0.6, 0.4)
+    undwelled = [plain.update(float(p.action[6])) for p in valid]
+    assert undwelled != expected, "the model's gripper never changed while a dwell ran: nothing was tested"
+    changes = [i for i in range(1, len(expected)) if expected[i] != expected[i - 1]]
+    assert all(b - a > hold for a, b in itertools.pairwise(changes)), changes
+
+
+
+def test_a_new_instruction_ends_a_gripper_dwell(graph: RosGraph, tiny_checkpoint: Path) -> None:
+    """A dwell of 1000 actions starts at the model's first close; after an instruction on the topic the
+    next "open" from the model opens the gripper (without the release it would stay shut 1000 steps)."""
+    graph.add(PolicyNode(context=graph.context, parameter_overrides=[
+        Parameter("checkpoint", value=str(tiny_checkpoint)), Parameter("autostart", value=True),
+        Parameter("statistics", value="sim_panda"), Parameter("control_rate_hz", value=0.0),
+        Parameter("action_thread", value=False), Parameter("gripper_min_hold_steps", value=1000),
+        Parameter("max_observation_age_s", value=30.0)]))
+    probe = graph.node("probe")
+    predictions = graph.collect(probe, Prediction, contract.PREDICTION.name)
+    camera = probe.create_publisher(Image, contract.CAMERA_IMAGE.name, qos(contract.CAMERA_IMAGE))
+    instruction = probe.create_publisher(String, contract.INSTRUCTION.name, qos(contract.INSTRUCTION))
+    assert wait_for(lambda: camera.get_subscription_count() > 0 and instruction.get_subscription_count() > 0, 10)
+    rng = np.random.default_rng(2)
+
+    def answer() -> Prediction:
+        n = len(predictions)
+        header = Header(stamp=probe.get_clock().now().to_msg(), frame_id="camera_color_optical_frame")
+        camera.publish(numpy_to_image(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), "rgb8", header=header))
+        assert wait_for(lambda: len(predictions) > n, 20)
+        assert predictions[n].action_valid, predictions[n].error
+        return predictions[n]
+
+    for _ in range(60):
+        if answer().gripper == 0.0:
+            break
+    assert predictions[-1].gripper == 0.0, "the model never closed the gripper in 60 frames"
+    said_open = 0
+    for _ in range(10):   # inside the dwell the model's "open" changes nothing
+        p = answer()
+        assert p.gripper == 0.0
+        said_open += p.action[6] >= 0.6
+    assert said_open, "the model never said open during the dwell: nothing was tested"
+    instruction.publish(String(data="pick up the blue cube"))
+    assert wait_for(lambda: answer().instruction == "pick up the blue cube", 20)
+    for _ in range(30):
+        answer()
+    after = [p for p in predictions if p.instruction == "pick up the blue cube"]
+    first_open = next(i for i, p in enumerate(after) if p.action[6] >= 0.6)
+    assert after[first_open].gripper == 1.0 and all(p.gripper == 0.0 for p in after[:first_open])

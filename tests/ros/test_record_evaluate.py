@@ -147,19 +147,27 @@ def test_record_demos_expert_options_for_a_pick(tmp_path: Path) -> None:
 def test_evaluate_runs_end_to_end(tmp_path: Path, tiny_checkpoint: Path) -> None:
     out = tmp_path / "eval"
     result = magma_ros("evaluate", "--checkpoint", str(tiny_checkpoint), "--task", "reach", "pick", "--episodes", "1",
-                       "--max-steps", "4", "--out", str(out), "--gif", str(out / "episode.gif"))
+                       "--max-steps", "4", "--out", str(out), "--gif", str(out / "episode.gif"),
+                       "--gripper-hold", "7")
     assert "95% Wilson CI" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["tasks"]) == {"reach", "pick"}
     for row in summary["tasks"].values():
         assert row["episodes"] == 1 and 0.0 <= row["ci95_low"] <= row["success_rate"] <= row["ci95_high"] <= 1.0
     assert [e["steps"] for e in summary["episodes"]] == [4, 4]
-    assert summary["checkpoint"] == str(tiny_checkpoint)
+    assert summary["checkpoint"] == str(tiny_checkpoint) and summary["gripper_min_hold_steps"] == 7
     assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from PIL import Image
 
     with Image.open(out / "episode.gif") as gif:
         assert gif.n_frames >= 4
+
+
+@pytest.mark.parametrize("hold", ["-1", "1001"])
+def test_evaluate_refuses_a_bad_gripper_hold(hold: str) -> None:
+    result = subprocess.run([str(VENV_BIN / "magma-ros"), "evaluate", "--gripper-hold", hold], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--gripper-hold must be in 0..1000" in result.stderr
 
 
 def test_cli_lists_the_new_subcommands() -> None:

@@ -35,8 +35,14 @@ FIELDS = ("step", "dx_cm", "dy_cm", "dz_cm", "gripper_width_cm", "yaw_error_rad"
 
 
 def trace_episode(backend, cell, session, family: str, seed: int, max_steps: int = 0,  # type: ignore[no-untyped-def]
-                  step_period: float = 0.1) -> tuple[list[dict], bool]:
-    """Run one episode with ``backend`` driving; returns (rows, success)."""
+                  step_period: float = 0.1, gripper_hold: int = 0) -> tuple[list[dict], bool]:
+    """Run one episode with ``backend`` driving; returns (rows, success).
+
+    The gripper command goes through the policy node's hysteresis, with ``gripper_hold`` as its
+    dwell time (``gripper_min_hold_steps``).
+    """
+    from magma_ros.codecs import GripperHysteresis
+    from magma_ros.contract import PolicyNodeParameters
     from magma_ros.sim.episode import apply_policy_delta, observe
     from magma_ros.sim.expert import ScriptedExpert
     from magma_ros.sim.session import choose_task
@@ -47,6 +53,9 @@ def trace_episode(backend, cell, session, family: str, seed: int, max_steps: int
     expert = ScriptedExpert(task)
     ticks = round(step_period / cell.timestep)
     gripper_open = True
+    policy = PolicyNodeParameters()
+    hysteresis = GripperHysteresis(policy.gripper_open_threshold, policy.gripper_close_threshold,
+                                   min_hold_steps=gripper_hold)
     rows: list[dict] = []
     for step in range(task.max_steps):
         observation = observe(cell, step, task.instruction)
@@ -55,7 +64,9 @@ def trace_episode(backend, cell, session, family: str, seed: int, max_steps: int
         action = np.asarray(output.action, dtype=np.float64)
         usable = output.valid and bool(np.all(np.isfinite(action)))
         if usable:
-            gripper_open = apply_policy_delta(cell, action, step_period, gripper_open)
+            command = action.copy()
+            command[6] = hysteresis.update(action[6])
+            gripper_open = apply_policy_delta(cell, command, step_period, gripper_open)
         cube = observation.cube_poses[task.color]
         offset = (observation.ee_pose.position - cube.position) * 100.0
         yaw_error = math.remainder(yaw_of(cube.orientation) - yaw_of(observation.ee_pose.orientation), math.pi / 2)
@@ -102,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="print every step")
     parser.add_argument("--wrist-inset", action=argparse.BooleanOptionalAction, default=None,
                         help="the wrist view in the frame's top-right corner (default: the sim's wrist_inset)")
+    parser.add_argument("--gripper-hold", type=int, default=0,
+                        help="the policy's gripper dwell time in steps (gripper_min_hold_steps)")
     parser.add_argument("--out", type=Path, help="write <task>_<seed>.csv per episode and summary.json here")
     args = parser.parse_args(argv)
     if args.episodes < 1:
@@ -129,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         session = EpisodeSession(cell, sim.control_period_s)
         for seed in range(args.seed, args.seed + args.episodes):
             rows, success = trace_episode(backend, cell, session, args.task, seed, args.max_steps,
-                                          sim.control_period_s)
+                                          sim.control_period_s, args.gripper_hold)
             if args.verbose:
                 for r in rows:
                     print(_line(seed, r))
