@@ -53,3 +53,48 @@ def test_gripper_closes_are_counted_from_open_to_closed(recipe: dict) -> None:
 def test_a_missing_checkpoint_is_a_clear_error(recipe: dict, tmp_path: Path, capsys) -> None:
     assert recipe["main"]([str(tmp_path / "nope"), "--task", "reach"]) == 2
     assert "closed_loop_trace:" in capsys.readouterr().err
+
+
+def _row(dx: float = 0.0, dy: float = 0.0, dz: float = 1.0, yaw: float = 0.0, width: float = 8.0,
+         command: int = 1) -> dict:
+    return {"dx_cm": dx, "dy_cm": dy, "dz_cm": dz, "yaw_error_rad": yaw, "gripper_width_cm": width,
+            "command_gripper": command}
+
+
+def test_failure_modes_judge_the_best_close(recipe: dict) -> None:
+    mode = recipe["failure_mode"]
+    approach = [_row(dx=10 - i) for i in range(5)]
+    assert mode(approach, True) == "success"
+    assert mode(approach, False) == "never-closed"
+    # two closes: 3 cm off, then 1 cm off and 4 cm high -> the nearer one decides: too high
+    rows = [*approach, _row(dx=3, command=0), _row(dx=3), _row(dx=1, dz=4, command=0)]
+    assert mode(rows, False) == "too-high"
+    assert mode([*approach, _row(dx=1.2, dy=1.2, command=0)], False) == "off-centre"
+    assert mode([*approach, _row(yaw=-0.5, command=0)], False) == "askew"
+    shut_on_cube = [_row(command=0)] + [_row(width=w, command=0) for w in (7.5, 6.0, 5.5, 5.5, 5.5)]
+    assert mode(approach + shut_on_cube, False) == "held"
+    shut_on_nothing = [_row(command=0)] + [_row(width=w, command=0) for w in (6.0, 3.0, 0.5, 0.0, 0.0)]
+    assert mode(approach + shut_on_nothing, False) == "slipped"
+    reopened = [_row(command=0), _row(width=6.5, command=0), _row(width=7.5), _row(width=8.0), _row(), _row()]
+    assert mode(approach + reopened, False) == "slipped"
+
+
+def test_the_gripper_dwell_reaches_the_workcell(recipe: dict, tmp_path: Path) -> None:
+    """--gripper-hold: every step's command is the node's hysteresis with that dwell over the model's answers."""
+    from magma_ros.backends.default_checkpoint import shipped_checkpoint
+    from magma_ros.codecs import GripperHysteresis
+
+    args = [str(shipped_checkpoint()), "--task", "pick", "--seed", "5000", "--max-steps", "60"]
+    commands: dict[int, list[int]] = {}
+    for hold in (0, 12):
+        out = tmp_path / f"hold{hold}"
+        assert recipe["main"]([*args, "--gripper-hold", str(hold), "--out", str(out)]) == 0
+        with (out / "pick_5000.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        replay = GripperHysteresis(min_hold_steps=hold)
+        assert [int(r["command_gripper"]) for r in rows] == [int(replay.update(int(r["model_gripper"])))
+                                                            for r in rows]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["gripper_hold"] == hold and sum(summary["modes"].values()) == 1
+        commands[hold] = [int(r["command_gripper"]) for r in rows]
+    assert commands[0] != commands[12], "the model's gripper never changed twice within 12 steps: nothing was tested"

@@ -5,7 +5,8 @@
 
 ROS-free (sim + model called directly, as ``bench/closed_loop_bench.py``'s ROS-free loop): each step
 renders the third-person camera, asks the model for its action, applies it as the Servo bridge would
-(twist = delta / step period, gripper open above 0.5), and records beside it what a scripted expert
+(twist = delta / step period; the gripper through the policy node's hysteresis and, with
+``--gripper-hold``, its dwell), and records beside it what a scripted expert
 running alongside would answer from the same state. That expert keeps its own phase (it never
 hovered where the model did), so read its answer as "where the target is from here", not as the
 label the model was trained on. Per step: the hand's offset from
@@ -13,12 +14,14 @@ the target cube (cm; base frame), the gripper opening, the hand's yaw error to t
 face, the model's delta (mm) and gripper command, the expert's twist (mm per step) and phase.
 
 ``--out`` writes ``<task>_<seed>.csv`` per episode and ``summary.json`` (successes, steps, gripper
-closes per episode). This is the diagnostic behind training/recipes/README.md's attempt 8.
+closes and, for pick, how each episode failed: :func:`failure_mode`). This is the diagnostic behind
+training/recipes/README.md's attempts 8-11.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import dataclasses
 import itertools
@@ -30,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 FIELDS = ("step", "dx_cm", "dy_cm", "dz_cm", "gripper_width_cm", "yaw_error_rad", "model_dx_mm", "model_dy_mm",
-          "model_dz_mm", "model_dyaw_mrad", "model_gripper", "expert_dx_mm", "expert_dy_mm", "expert_dz_mm",
-          "expert_phase")
+          "model_dz_mm", "model_dyaw_mrad", "model_gripper", "command_gripper", "expert_dx_mm", "expert_dy_mm",
+          "expert_dz_mm", "expert_phase")
 
 
 def trace_episode(backend, cell, session, family: str, seed: int, max_steps: int = 0,  # type: ignore[no-untyped-def]
@@ -78,6 +81,7 @@ def trace_episode(backend, cell, session, family: str, seed: int, max_steps: int
             "model_dz_mm": action[2] * 1e3 if usable else float("nan"),
             "model_dyaw_mrad": action[5] * 1e3 if usable else float("nan"),
             "model_gripper": (1 if action[6] > 0.5 else 0) if usable else -1,
+            "command_gripper": int(hysteresis.is_open),
             "expert_dx_mm": hint.linear[0] * step_period * 1e3, "expert_dy_mm": hint.linear[1] * step_period * 1e3,
             "expert_dz_mm": hint.linear[2] * step_period * 1e3, "expert_phase": expert.phase.value,
         })
@@ -92,6 +96,39 @@ def closes(rows: list[dict]) -> int:
     """How many times the model's gripper command went from open to closed."""
     commands = [1] + [r["model_gripper"] for r in rows if r["model_gripper"] >= 0]
     return sum(1 for a, b in itertools.pairwise(commands) if a == 1 and b == 0)
+
+
+# Where a failed pick went wrong, judged at its best close (the one nearest the cube's centre).
+OFF_CENTRE_CM = 1.5      # the fingers' pads are ~2 cm wide: further off, they close beside the cube
+TOO_HIGH_CM = 2.5        # the expert closes at most 1.5 cm above the centre (ExpertConfig.close_height)
+ASKEW_RAD = 0.35         # about this far off square the fingers land on the cube's corners
+HOLD_WIDTH_CM = (4.0, 7.0)   # a 5.5 cm cube between the fingers
+
+
+def failure_mode(rows: list[dict], success: bool) -> str:
+    """One word for how a pick episode ended, from its trace rows: success, never-closed, off-centre,
+    too-high, askew (the best close had the hand at one of those), held (the fingers shut on the cube
+    within 5 steps, then it was not lifted 5 cm or it was let go) or slipped (a close in place that
+    did not hold the cube)."""
+    if success:
+        return "success"
+    events = [i for i in range(len(rows))
+              if rows[i]["command_gripper"] == 0 and (i == 0 or rows[i - 1]["command_gripper"] == 1)]
+    if not events:
+        return "never-closed"
+    best = min(events, key=lambda i: math.hypot(rows[i]["dx_cm"], rows[i]["dy_cm"]))
+    r = rows[best]
+    if math.hypot(r["dx_cm"], r["dy_cm"]) > OFF_CENTRE_CM:
+        return "off-centre"
+    if r["dz_cm"] > TOO_HIGH_CM:
+        return "too-high"
+    if abs(r["yaw_error_rad"]) > ASKEW_RAD:
+        return "askew"
+    after = rows[best + 1: best + 6]
+    if any(HOLD_WIDTH_CM[0] <= a["gripper_width_cm"] <= HOLD_WIDTH_CM[1] and a["command_gripper"] == 0
+           for a in after[2:]):
+        return "held"
+    return "slipped"
 
 
 def _line(seed: int, r: dict) -> str:
@@ -146,9 +183,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.verbose:
                 for r in rows:
                     print(_line(seed, r))
-            episodes.append({"seed": seed, "success": success, "steps": len(rows), "closes": closes(rows)})
+            mode = failure_mode(rows, success) if args.task == "pick" else ("success" if success else "failure")
+            episodes.append({"seed": seed, "success": success, "steps": len(rows), "closes": closes(rows),
+                             "mode": mode})
             print(f"{args.task} seed {seed}: {'success' if success else 'failure'} after {len(rows)} steps, "
-                  f"{closes(rows)} gripper close(s)", flush=True)
+                  f"{closes(rows)} gripper close(s), {mode}", flush=True)
             if args.out:
                 with (args.out / f"{args.task}_{seed}.csv").open("w", newline="") as f:
                     writer = csv.DictWriter(f, fieldnames=FIELDS)
@@ -157,11 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     backend.close()
     wins = sum(e["success"] for e in episodes)
     last = args.seed + len(episodes) - 1
-    print(f"{args.task}: {wins}/{len(episodes)} successes (ROS-free, seeds {args.seed}..{last})")
+    modes = dict(collections.Counter(e["mode"] for e in episodes).most_common())
+    print(f"{args.task}: {wins}/{len(episodes)} successes (ROS-free, seeds {args.seed}..{last}); "
+          + ", ".join(f"{m} {n}" for m, n in modes.items()))
     if args.out:
         (args.out / "summary.json").write_text(json.dumps(
-            {"checkpoint": str(args.checkpoint), "task": args.task, "successes": wins, "episodes": episodes},
-            indent=2) + "\n")
+            {"checkpoint": str(args.checkpoint), "task": args.task, "gripper_hold": args.gripper_hold,
+             "successes": wins, "modes": modes, "episodes": episodes}, indent=2) + "\n")
     return 0
 
 
