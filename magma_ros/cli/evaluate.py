@@ -244,17 +244,17 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
             graph.close()
     wall_s = time.monotonic() - started
     model_id = frames.model_id or settings.checkpoint or "(embedded default)"
-    camera = {"camera_hz": settings.realtime_camera_hz} if settings.realtime_camera_hz > 0 else {}
+    ran_with = {"camera_hz": settings.realtime_camera_hz} if settings.realtime_camera_hz > 0 else {}
     sim_values = next(n for n in bringup.nodes if n.executable == "sim_arm_node").parameter_values()
-    camera["wrist_inset"] = bool(sim_values.get("wrist_inset", SimArmParameters().wrist_inset))
+    ran_with["wrist_inset"] = bool(sim_values.get("wrist_inset", SimArmParameters().wrist_inset))
     policy_values = next(n for n in bringup.nodes if n.executable == "magma_policy_node").parameter_values()
-    camera["gripper_min_hold_steps"] = int(policy_values.get("gripper_min_hold_steps",
-                                                             PolicyNodeParameters().gripper_min_hold_steps))
+    ran_with["gripper_min_hold_steps"] = int(policy_values.get("gripper_min_hold_steps",
+                                                               PolicyNodeParameters().gripper_min_hold_steps))
     document = summary_document(outcomes, checkpoint=settings.checkpoint or "(embedded default)", model_id=model_id,
                                 bringup=str(bringup.source),
                                 mode="realtime" if settings.realtime_camera_hz > 0 else "synchronous",
                                 control_rate_hz=10.0,
-                                **camera,
+                                **ran_with,
                                 wall_s=round(wall_s, 1))
     summary_json = write_json(settings.out / "summary.json", document)
     title = f"{model_id}: closed loop in the simulated workcell"

@@ -24,7 +24,6 @@ import argparse
 import collections
 import csv
 import dataclasses
-import itertools
 import json
 import math
 import sys
@@ -55,7 +54,6 @@ def trace_episode(backend, cell, session, family: str, seed: int, max_steps: int
     status = session.reset(task, seed)
     expert = ScriptedExpert(task)
     ticks = round(step_period / cell.timestep)
-    gripper_open = True
     policy = PolicyNodeParameters()
     hysteresis = GripperHysteresis(policy.gripper_open_threshold, policy.gripper_close_threshold,
                                    min_hold_steps=gripper_hold)
@@ -67,9 +65,9 @@ def trace_episode(backend, cell, session, family: str, seed: int, max_steps: int
         action = np.asarray(output.action, dtype=np.float64)
         usable = output.valid and bool(np.all(np.isfinite(action)))
         if usable:
-            command = action.copy()
+            command, was_open = action.copy(), hysteresis.is_open
             command[6] = hysteresis.update(action[6])
-            gripper_open = apply_policy_delta(cell, command, step_period, gripper_open)
+            apply_policy_delta(cell, command, step_period, was_open)
         cube = observation.cube_poses[task.color]
         offset = (observation.ee_pose.position - cube.position) * 100.0
         yaw_error = math.remainder(yaw_of(cube.orientation) - yaw_of(observation.ee_pose.orientation), math.pi / 2)
@@ -92,10 +90,22 @@ def trace_episode(backend, cell, session, family: str, seed: int, max_steps: int
     return rows, bool(status.success)
 
 
+def close_indices(commands: list[int]) -> list[int]:
+    """Where a gripper command goes from open (1) to closed (0); the gripper starts open, and -1 (no
+    usable answer) keeps the previous command."""
+    indices, previous = [], 1
+    for i, command in enumerate(commands):
+        if command < 0:
+            continue
+        if previous == 1 and command == 0:
+            indices.append(i)
+        previous = command
+    return indices
+
+
 def closes(rows: list[dict]) -> int:
     """How many times the model's gripper command went from open to closed."""
-    commands = [1] + [r["model_gripper"] for r in rows if r["model_gripper"] >= 0]
-    return sum(1 for a, b in itertools.pairwise(commands) if a == 1 and b == 0)
+    return len(close_indices([r["model_gripper"] for r in rows]))
 
 
 # Where a failed pick went wrong, judged at its best close (the one nearest the cube's centre).
@@ -112,8 +122,7 @@ def failure_mode(rows: list[dict], success: bool) -> str:
     did not hold the cube)."""
     if success:
         return "success"
-    events = [i for i in range(len(rows))
-              if rows[i]["command_gripper"] == 0 and (i == 0 or rows[i - 1]["command_gripper"] == 1)]
+    events = close_indices([r["command_gripper"] for r in rows])
     if not events:
         return "never-closed"
     best = min(events, key=lambda i: math.hypot(rows[i]["dx_cm"], rows[i]["dy_cm"]))
