@@ -496,6 +496,9 @@ PERTURB_STD_MAX = 0.25
 speed of its final descent."""
 
 
+PERTURB_QUIET_HEIGHT_MAX = 0.5
+"""m: a quiet zone above the cube's centre taller than the workspace would be no shake at all."""
+
 YAW_SLACK_MAX = math.pi / 4
 """rad: a cube looks the same every quarter turn, so no heading is further than this from square."""
 
@@ -511,9 +514,14 @@ class ExpertTeleopParameters(NodeParameters):
 
     perturb_std: float = _param(0.0, "a shaky hand (DART): zero-mean Gaussian noise of this standard deviation "
                                      "(m/s, per axis) on the twist while the expert approaches and descends (none in "
-                                     "the last 4 cm above a pick's cube), seeded by the episode's seed; the expert "
-                                     "corrects it at the next step, so the recording shows its recovery from off-path "
-                                     "states. 0 = none")
+                                     "the last perturb_quiet_height above a pick's cube), seeded by the episode's "
+                                     "seed; the expert corrects it at the next step, so the recording shows its "
+                                     "recovery from off-path states. 0 = none")
+    perturb_quiet_height: float = _param(0.04, "m: in a pick, the shake stops once the hand is less than this above "
+                                               "the cube's centre (PerturbedExpert.quiet_height). 0.04 keeps the last "
+                                               "centimetres exact (recordings of attempts 8-11); lower shakes the "
+                                               "final approach too, so the recording shows the expert re-centring "
+                                               "over the cube before it closes (it closes only once centred)")
     final_descent_speed: float = _param(0.06, "m/s: the expert's top speed in the last 5 cm of a pick's descent "
                                               "(ExpertConfig.slow_speed), so a recording shows the hand step by step "
                                               "down to where it closes. 0.25 (its top speed anywhere) = recordings "
@@ -533,6 +541,10 @@ class ExpertTeleopParameters(NodeParameters):
     def __post_init__(self) -> None:
         _require(math.isfinite(self.perturb_std) and 0.0 <= self.perturb_std <= PERTURB_STD_MAX,
                  f"perturb_std must be in [0, {PERTURB_STD_MAX:g}] m/s, got {self.perturb_std}")
+        _require(math.isfinite(self.perturb_quiet_height)
+                 and 0.0 <= self.perturb_quiet_height <= PERTURB_QUIET_HEIGHT_MAX,
+                 f"perturb_quiet_height must be in [0, {PERTURB_QUIET_HEIGHT_MAX:g}] m, "
+                 f"got {self.perturb_quiet_height}")
         _require(math.isfinite(self.final_descent_speed) and 0.0 < self.final_descent_speed <= PERTURB_STD_MAX,
                  f"final_descent_speed must be in (0, {PERTURB_STD_MAX:g}] m/s, got {self.final_descent_speed}")
         _require(math.isfinite(self.yaw_slack) and 0.0 <= self.yaw_slack <= YAW_SLACK_MAX,

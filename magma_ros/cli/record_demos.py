@@ -37,9 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "needs them: evaluate it with the same setting")
     parser.add_argument("--perturb-std", type=float, default=0.0, metavar="M_PER_S",
                         help="shake the expert's hand: zero-mean noise of this std (m/s, per axis) on its twist while "
-                             "it approaches and descends (none in the last 4 cm above a pick's cube), seeded by each "
-                             "episode's seed (DART); the recording then shows it recovering from off-path states. "
-                             "0 = none")
+                             "it approaches and descends (none in the last --perturb-quiet-height above a pick's "
+                             "cube), seeded by each episode's seed (DART); the recording then shows it recovering "
+                             "from off-path states. 0 = none")
+    parser.add_argument("--perturb-quiet-height", type=float, default=None, metavar="M",
+                        help="with --perturb-std, in a pick the shake stops once the hand is less than this above the "
+                             "cube's centre (default 0.04: the last centimetres exact). Lower, e.g. 0.015, shakes "
+                             "the final approach too: the recording shows the expert re-centring over the cube")
     parser.add_argument("--final-descent-speed", type=float, default=None, metavar="M_PER_S",
                         help="the expert's top speed in the last 5 cm of a pick's descent (default 0.06: the hand "
                              "is seen step by step down to where it closes; 0.25 = recordings before attempt 10)")
@@ -72,7 +76,12 @@ def run(args: argparse.Namespace) -> int:
     if args.final_descent_speed is not None and not (
             math.isfinite(args.final_descent_speed) and 0.0 < args.final_descent_speed <= PERTURB_STD_MAX):
         return _fail(f"--final-descent-speed must be in (0, {PERTURB_STD_MAX:g}] m/s, got {args.final_descent_speed}")
-    from magma_ros.contract import CLOSE_STEPS_MAX, YAW_SLACK_MAX
+    from magma_ros.contract import CLOSE_STEPS_MAX, PERTURB_QUIET_HEIGHT_MAX, YAW_SLACK_MAX
+
+    if args.perturb_quiet_height is not None and not (
+            math.isfinite(args.perturb_quiet_height) and 0.0 <= args.perturb_quiet_height <= PERTURB_QUIET_HEIGHT_MAX):
+        return _fail(f"--perturb-quiet-height must be in [0, {PERTURB_QUIET_HEIGHT_MAX:g}] m, "
+                     f"got {args.perturb_quiet_height}")
 
     if args.yaw_slack is not None and not (math.isfinite(args.yaw_slack) and 0.0 <= args.yaw_slack <= YAW_SLACK_MAX):
         return _fail(f"--yaw-slack must be in [0, {YAW_SLACK_MAX:.4f}] rad, got {args.yaw_slack}")
@@ -130,18 +139,24 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
         render_detail = sim.params.render_detail   # the look of the arm the frames show (evaluate: the same)
         wrist_inset = sim.params.wrist_inset
         final_descent_speed = yaw_slack = close_steps = None
+        perturb_quiet_height = None
         sim_time = [Parameter("use_sim_time", value=True)]
-        options = {"perturb_std": args.perturb_std, "final_descent_speed": args.final_descent_speed,
+        options = {"perturb_std": args.perturb_std, "perturb_quiet_height": args.perturb_quiet_height,
+                   "final_descent_speed": args.final_descent_speed,
                    "yaw_slack": args.yaw_slack, "close_steps": args.close_steps}   # None: the node's default
         expert = ExpertTeleopNode(parameter_overrides=[*sim_time, *(Parameter(k, value=v)
                                                                     for k, v in options.items() if v is not None)])
         if args.task == "pick":
             final_descent_speed, yaw_slack = expert.params.final_descent_speed, expert.params.yaw_slack
             close_steps = expert.params.close_steps
+            perturb_quiet_height = expert.params.perturb_quiet_height if args.perturb_std > 0 else None
             driver += (f", final descent at {final_descent_speed:g} m/s, heading within {yaw_slack:g} rad of square, "
                        f"{close_steps} steps closing")
         if args.perturb_std > 0:
-            driver += f", perturbed while approaching and descending (std {args.perturb_std:g} m/s per axis)"
+            driver += f", perturbed while approaching and descending (std {args.perturb_std:g} m/s per axis"
+            if args.task == "pick":
+                driver += f", none in the last {expert.params.perturb_quiet_height * 100:g} cm above the cube"
+            driver += ")"
         recorder = DemoRecorder(topics, parameter_overrides=sim_time)
         control = rclpy.create_node("magma_record_demos")
         graph = RunningGraph([sim, expert, recorder, control])
@@ -190,7 +205,8 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
     (out / "index.json").write_text(json.dumps({"task": args.task, "seed": args.seed,
                                                 "render_detail": render_detail, "wrist_inset": wrist_inset,
                                                 "final_descent_speed": final_descent_speed, "yaw_slack": yaw_slack,
-                                                "close_steps": close_steps,
+                                                "close_steps": close_steps, "perturb_std": args.perturb_std,
+                                                "perturb_quiet_height": perturb_quiet_height,
                                                 "episodes": index},
                                                indent=2) + "\n")
     print(f"expert success {successes}/{len(index)}; {time.monotonic() - started:.0f} s; index: {out / 'index.json'}")

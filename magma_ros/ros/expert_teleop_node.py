@@ -97,7 +97,8 @@ class ExpertTeleopNode(Node):
                 self._episode = self._status.episode
                 expert = ScriptedExpert(make_task(self._status.task, self._status.color, self._status.max_steps),
                                         ExpertConfig(**self.params.expert_config_fields()))
-                self._expert = (PerturbedExpert(expert, self.params.perturb_std, self._status.seed)
+                self._expert = (PerturbedExpert(expert, self.params.perturb_std, self._status.seed,
+                                                self.params.perturb_quiet_height)
                                 if self.params.perturb_std > 0 else expert)
                 self._gripper_sent = None
 

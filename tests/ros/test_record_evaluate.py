@@ -122,10 +122,15 @@ def test_record_demos_expert_options_for_a_pick(tmp_path: Path) -> None:
     magma_ros("record-demos", "--task", "pick", "--episodes", "1", "--seed", "7", "--out", str(slow))
     magma_ros("record-demos", "--task", "pick", "--episodes", "1", "--seed", "7", "--final-descent-speed", "0.25",
               "--yaw-slack", "0.3", "--close-steps", "7", "--out", str(fast))
-    index = {name: json.loads((d / "index.json").read_text()) for name, d in (("slow", slow), ("fast", fast))}
+    magma_ros("record-demos", "--task", "pick", "--episodes", "1", "--seed", "7", "--perturb-std", "0.05",
+              "--perturb-quiet-height", "0.015", "--out", str(tmp_path / "shaken"))
+    index = {name: json.loads((tmp_path / name / "index.json").read_text()) for name in ("slow", "fast", "shaken")}
     assert index["slow"]["final_descent_speed"] == 0.06 and index["fast"]["final_descent_speed"] == 0.25
     assert index["slow"]["yaw_slack"] == 0.0 and index["fast"]["yaw_slack"] == 0.3
     assert index["slow"]["close_steps"] == 5 and index["fast"]["close_steps"] == 7
+    assert index["slow"]["perturb_std"] == 0.0 and index["slow"]["perturb_quiet_height"] is None
+    assert index["shaken"]["perturb_std"] == 0.05 and index["shaken"]["perturb_quiet_height"] == 0.015
+    assert "none in the last 1.5 cm above the cube" in index["shaken"]["episodes"][0]["driver"]
     assert all(i["episodes"][0]["success"] for i in index.values())
     # the hand descends to about 1.5 cm above the cube's centre: the slow zone (5 cm) is everything 3 cm above that
     near = {name: [speed for height, speed in _descent_speeds(d / "episode_0000") if height < 0.03]
@@ -142,6 +147,9 @@ def test_record_demos_expert_options_for_a_pick(tmp_path: Path) -> None:
     bad = subprocess.run([str(VENV_BIN / "magma-ros"), "record-demos", "--task", "pick", "--close-steps", "0",
                           "--out", str(tmp_path / "bad")], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "--close-steps must be in [1, 50]" in bad.stderr
+    bad = subprocess.run([str(VENV_BIN / "magma-ros"), "record-demos", "--task", "pick", "--perturb-quiet-height",
+                          "-0.01", "--out", str(tmp_path / "bad")], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "--perturb-quiet-height must be in [0, 0.5] m" in bad.stderr
 
 
 def test_evaluate_runs_end_to_end(tmp_path: Path, tiny_checkpoint: Path) -> None:

@@ -1,3 +1,4 @@
+import inspect
 import math
 
 import numpy as np
@@ -119,13 +120,17 @@ def test_expert_lifts_slowly_so_a_grasp_is_not_torn_from_settling_fingers():
         ExpertConfig(lift_speed=0.0)
 
 
-def test_a_shaken_expert_is_noisy_only_on_its_way_to_the_cube_and_still_succeeds():
+@pytest.mark.parametrize("quiet_height", [None, 0.015])
+def test_a_shaken_expert_is_noisy_only_on_its_way_to_the_cube_and_still_succeeds(quiet_height):
+    # None: the default quiet zone (the last 4 cm above the cube exact); 0.015: the final approach shaken too
     from magma_ros.sim.expert import PerturbedExpert, Phase
 
     task = task_for_seed("pick", 7)
+    quiet_below = 0.04 if quiet_height is None else quiet_height
 
     def run(std: float, seed: int):
-        expert = PerturbedExpert(ScriptedExpert(task), std, seed)
+        expert = (PerturbedExpert(ScriptedExpert(task), std, seed) if quiet_height is None
+                  else PerturbedExpert(ScriptedExpert(task), std, seed, quiet_height))
         twists: list[tuple[Phase, np.ndarray, np.ndarray]] = []
 
         def policy(observation):
@@ -147,9 +152,11 @@ def test_a_shaken_expert_is_noisy_only_on_its_way_to_the_cube_and_still_succeeds
     exact = [d for phase, d, _, _ in twists if phase in (Phase.CLOSE, Phase.LIFT)]
     assert exact and all(np.array_equal(d, np.zeros(3)) for d in exact)       # grasp and lift are untouched
     assert all(np.array_equal(w, np.zeros(3)) for _, _, w, _ in twists)      # so is every rotation
-    noisy = [d for d, height in moving if height >= 0.04]
-    quiet = [d for d, height in moving if height < 0.04]                      # the last 4 cm above the cube
-    assert quiet and all(np.array_equal(d, np.zeros(3)) for d in quiet)
+    noisy = [d for d, height in moving if height >= quiet_below]
+    quiet = [d for d, height in moving if height < quiet_below]               # the last cm above the cube
+    assert all(np.array_equal(d, np.zeros(3)) for d in quiet)
+    assert quiet or quiet_height is not None                                  # 4 cm of descent: steps in it
+    assert any(height < 0.04 for d, height in moving if height >= quiet_below) == (quiet_height is not None)
     spread = np.std(np.concatenate(noisy))
     assert 0.03 < spread < 0.07 and all(np.any(d != 0) for d in noisy)
     again, twists_again = run(0.05, seed=7)                                    # seeded: the same episode
@@ -169,6 +176,15 @@ def test_the_teleop_contract_bounds_the_shake():
     for bad in (-0.01, 0.3, float("inf")):
         with pytest.raises(ContractError, match="perturb_std"):
             ExpertTeleopParameters(perturb_std=bad)
+    # the quiet zone's default is PerturbedExpert's (the contract does not import the simulator)
+    from magma_ros.sim.expert import PerturbedExpert
+
+    default = inspect.signature(PerturbedExpert).parameters["quiet_height"].default
+    assert ExpertTeleopParameters().perturb_quiet_height == default == 0.04
+    assert ExpertTeleopParameters(perturb_quiet_height=0.0).perturb_quiet_height == 0.0
+    for bad in (-0.001, 0.51, float("nan")):
+        with pytest.raises(ContractError, match="perturb_quiet_height"):
+            ExpertTeleopParameters(perturb_quiet_height=bad)
 
 
 def test_the_expert_closes_once_the_hand_is_low_over_the_cube():
