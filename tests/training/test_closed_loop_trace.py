@@ -98,3 +98,25 @@ def test_the_gripper_dwell_reaches_the_workcell(recipe: dict, tmp_path: Path) ->
         assert summary["gripper_hold"] == hold and sum(summary["modes"].values()) == 1
         commands[hold] = [int(r["command_gripper"]) for r in rows]
     assert commands[0] != commands[12], "the model's gripper never changed twice within 12 steps: nothing was tested"
+
+
+def test_near_cube_servo_gain_tells_a_centring_hand_from_one_that_ignores_the_offset(recipe: dict) -> None:
+    servo = recipe["near_cube_servo"]
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(200):
+        dx, dy = rng.uniform(-2.5, 2.5, 2)   # within 4 cm across
+        rows.append({"dx_cm": dx, "dy_cm": dy, "dz_cm": rng.uniform(0, 5), "gripper_width_cm": 8.0,
+                     "model_dx_mm": rng.normal(0, 2), "model_dy_mm": rng.normal(0, 2),   # ignores the offset
+                     "expert_dx_mm": -3 * dx, "expert_dy_mm": -2 * dy + rng.normal(0, 0.1)})
+    # far from the cube, shut, or too high: not counted (they would pull the slope either way)
+    rows += [{**rows[0], "dx_cm": 9.0, "expert_dx_mm": 50.0}, {**rows[0], "dz_cm": 20.0, "expert_dx_mm": 50.0},
+             {**rows[0], "gripper_width_cm": 5.5, "expert_dx_mm": 50.0}]
+    result = servo(rows)
+    assert result["rows"] == 200
+    assert result["expert_gain_mm_per_cm"][0] == pytest.approx(-3.0, abs=1e-6)
+    assert result["expert_gain_mm_per_cm"][1] == pytest.approx(-2.0, abs=0.05)
+    assert result["expert_correlation"][0] == pytest.approx(-1.0, abs=1e-6) and result["expert_correlation"][1] < -0.99
+    assert all(abs(g) < 0.5 for g in result["model_gain_mm_per_cm"])
+    assert all(abs(c) < 0.2 for c in result["model_correlation"])
+    assert servo(rows[:9]) is None                                   # too few steps near the cube to say

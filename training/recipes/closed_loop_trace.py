@@ -140,6 +140,36 @@ def failure_mode(rows: list[dict], success: bool) -> str:
     return "slipped"
 
 
+# Near the cube (hand open, < 6 cm above and < 4 cm across from its centre) a pick must centre the hand:
+# the expert moves against the offset, about 3 mm per step for every cm (training/recipes/README.md, attempt 12).
+NEAR_HEIGHT_CM, NEAR_ACROSS_CM, OPEN_WIDTH_CM = 6.0, 4.0, 6.0
+NEAR_MIN_ROWS = 10
+
+
+def near_cube_servo(rows: list[dict]) -> dict | None:
+    """Does the model centre its hand over the cube? Over the rows with the hand open near the cube,
+    the least-squares slope (mm of lateral action per cm of offset, x and y) and the correlation of the
+    model's lateral action with the hand's offset, beside the same for the expert alongside. A model that
+    servos has a negative slope like the expert's; ~0 means it moves the same whatever the offset.
+    None with fewer than ``NEAR_MIN_ROWS`` such rows."""
+    near = [r for r in rows if abs(r["dz_cm"]) < NEAR_HEIGHT_CM and math.hypot(r["dx_cm"], r["dy_cm"]) < NEAR_ACROSS_CM
+            and r["gripper_width_cm"] > OPEN_WIDTH_CM]
+    if len(near) < NEAR_MIN_ROWS:
+        return None
+    result: dict = {"rows": len(near)}
+    for who in ("model", "expert"):
+        gains, correlations = [], []
+        for axis in ("x", "y"):
+            offset = np.array([r[f"d{axis}_cm"] for r in near])
+            action = np.array([r[f"{who}_d{axis}_mm"] for r in near])
+            spread = offset.std() * action.std()
+            gains.append(round(float(np.polyfit(offset, action, 1)[0]), 3) if offset.std() > 0 else 0.0)
+            correlations.append(round(float(np.mean((offset - offset.mean()) * (action - action.mean())) / spread), 3)
+                                if spread > 0 else 0.0)
+        result[f"{who}_gain_mm_per_cm"], result[f"{who}_correlation"] = gains, correlations
+    return result
+
+
 def _line(seed: int, r: dict) -> str:
     return (f"{seed} k{r['step']:3d} hand-cube cm {r['dx_cm']:5.1f} {r['dy_cm']:5.1f} {r['dz_cm']:5.1f} "
             f"w {r['gripper_width_cm']:4.1f} yaw {r['yaw_error_rad']:5.2f} | model mm {r['model_dx_mm']:5.1f} "
@@ -179,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sim = SimArmParameters()   # the camera and arm look record-demos and evaluate use
     camera = dataclasses.replace(THIRD_PERSON_CAMERA, width=sim.image_width, height=sim.image_height)
-    episodes = []
+    episodes, all_rows = [], []
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     wrist_inset = sim.wrist_inset if args.wrist_inset is None else args.wrist_inset
@@ -192,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.verbose:
                 for r in rows:
                     print(_line(seed, r))
+            all_rows += rows
             mode = failure_mode(rows, success) if args.task == "pick" else ("success" if success else "failure")
             episodes.append({"seed": seed, "success": success, "steps": len(rows), "closes": closes(rows),
                              "mode": mode})
@@ -208,10 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     modes = dict(collections.Counter(e["mode"] for e in episodes).most_common())
     print(f"{args.task}: {wins}/{len(episodes)} successes (ROS-free, seeds {args.seed}..{last}); "
           + ", ".join(f"{m} {n}" for m, n in modes.items()))
+    servo = near_cube_servo(all_rows) if args.task == "pick" else None
+    if servo:
+        print(f"near the cube ({servo['rows']} steps, hand open): lateral mm per cm of offset, model "
+              f"{servo['model_gain_mm_per_cm']} (correlation {servo['model_correlation']}), expert "
+              f"{servo['expert_gain_mm_per_cm']} ({servo['expert_correlation']})")
     if args.out:
         (args.out / "summary.json").write_text(json.dumps(
             {"checkpoint": str(args.checkpoint), "task": args.task, "gripper_hold": args.gripper_hold,
-             "successes": wins, "modes": modes, "episodes": episodes}, indent=2) + "\n")
+             "successes": wins, "modes": modes, "near_cube_servo": servo, "episodes": episodes}, indent=2) + "\n")
     return 0
 
 
