@@ -14,8 +14,9 @@ the target cube (cm; base frame), the gripper opening, the hand's yaw error to t
 face, the model's delta (mm) and gripper command, the expert's twist (mm per step) and phase.
 
 ``--out`` writes ``<task>_<seed>.csv`` per episode and ``summary.json`` (successes, steps, gripper
-closes and, for pick, how each episode failed: :func:`failure_mode`). This is the diagnostic behind
-training/recipes/README.md's attempts 8-11.
+closes and, for pick, how each episode failed: :func:`failure_mode`, and whether the model centres
+its hand over the cube: :func:`near_cube_servo`, also printed). This is the diagnostic behind
+training/recipes/README.md's attempts 8-12.
 """
 
 from __future__ import annotations
