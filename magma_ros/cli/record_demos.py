@@ -138,8 +138,7 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
         sim = SimArmNode(parameter_overrides=[Parameter(k, value=v) for k, v in sim_parameters.items()])
         render_detail = sim.params.render_detail   # the look of the arm the frames show (evaluate: the same)
         wrist_inset = sim.params.wrist_inset
-        final_descent_speed = yaw_slack = close_steps = None
-        perturb_quiet_height = None
+        final_descent_speed = yaw_slack = close_steps = perturb_quiet_height = None
         sim_time = [Parameter("use_sim_time", value=True)]
         options = {"perturb_std": args.perturb_std, "perturb_quiet_height": args.perturb_quiet_height,
                    "final_descent_speed": args.final_descent_speed,

@@ -163,10 +163,9 @@ def near_cube_servo(rows: list[dict]) -> dict | None:
         for axis in ("x", "y"):
             offset = np.array([r[f"d{axis}_cm"] for r in near])
             action = np.array([r[f"{who}_d{axis}_mm"] for r in near])
-            spread = offset.std() * action.std()
             gains.append(round(float(np.polyfit(offset, action, 1)[0]), 3) if offset.std() > 0 else 0.0)
-            correlations.append(round(float(np.mean((offset - offset.mean()) * (action - action.mean())) / spread), 3)
-                                if spread > 0 else 0.0)
+            correlations.append(round(float(np.corrcoef(offset, action)[0, 1]), 3)
+                                if offset.std() * action.std() > 0 else 0.0)
         result[f"{who}_gain_mm_per_cm"], result[f"{who}_correlation"] = gains, correlations
     return result
 

@@ -95,12 +95,11 @@ def probe_crop(frames: list[np.ndarray], y: np.ndarray, train: np.ndarray, test:
 
 def probe_tokens(frames: list[np.ndarray], y: np.ndarray, train: np.ndarray, val: np.ndarray, test: np.ndarray,
                  checkpoint: str) -> None:
-    from magma_ros.model import load_checkpoint
     from magma_ros.model.policy import MagmaPolicy
 
     started = time.perf_counter()
-    model = load_checkpoint(checkpoint).model.eval()
-    processor = MagmaPolicy.from_pretrained(checkpoint).image_processor
+    policy = MagmaPolicy.from_pretrained(checkpoint)   # the model and the processor the policy node builds
+    model, processor = policy.model.eval(), policy.image_processor
     features = []
     with torch.no_grad():
         for start in range(0, len(frames), 64):
