@@ -94,17 +94,20 @@ class ExportedPolicy:
         return self.dims.action_lo
 
     # -- inputs -----------------------------------------------------------------------
-    def _embeds(self, ids: list[int], features: np.ndarray | None) -> np.ndarray:
+    def _embeds(self, ids: list[int], features: list[np.ndarray]) -> np.ndarray:
         ids_arr = np.asarray(ids, dtype=np.int64)
         is_image = ids_arr == self.dims.image_token_index
-        n_images = int(is_image.sum())
-        if n_images != (0 if features is None else 1):
-            raise BackendError(f"the prompt holds {n_images} <image> token(s); one image was given")
+        positions = np.flatnonzero(is_image)
+        if len(positions) != len(features):
+            raise BackendError(f"the prompt holds {len(positions)} <image> token(s); {len(features)} image(s) "
+                               "were given")
         text = np.asarray(self.embed[np.where(is_image, 0, ids_arr)])
-        if features is None:
-            return text[None]
-        pos = int(np.flatnonzero(is_image)[0])
-        return np.concatenate((text[:pos], features.astype(text.dtype), text[pos + 1:]))[None]
+        pieces, start = [], 0
+        for pos, feats in zip(positions, features, strict=True):
+            pieces += [text[start:pos], feats.astype(text.dtype)]
+            start = int(pos) + 1
+        pieces.append(text[start:])
+        return np.concatenate(pieces)[None]
 
     def _image_features(self, crops: np.ndarray, rows: int, cols: int) -> np.ndarray:
         g, h = crops.shape[1], crops.shape[-1]
@@ -114,30 +117,34 @@ class ExportedPolicy:
             tiled = np.concatenate((tiled, sep), axis=1)
         return tiled.reshape(-1, h)
 
-    def prepare(self, image: object | None, user_content: str,
-                frame_size: int | None) -> tuple[np.ndarray, tuple[int, int], float, float]:
-        """(inputs_embeds, (rows, cols), preprocess ms, vision ms)."""
+    def prepare(self, image: object | None, user_content: str, frame_size: int | None,
+                regions: tuple[tuple[float, float, float, float], ...] = (),
+                ) -> tuple[np.ndarray, tuple[int, int], float, float]:
+        """(inputs_embeds, (rows, cols) of the image, preprocess ms, vision ms); ``regions`` of the
+        (resized) image are images of their own after it, as :meth:`MagmaPolicy.prepare_inputs` does."""
         from magma_ros.model.policy import resize_frame
-        from magma_ros.model.processor import as_rgb_array
+        from magma_ros.model.processor import as_rgb_array, region_crops
 
         t0 = time.perf_counter()
         ids = self.prompt_builder.encode(user_content)
-        processed = None
+        processed = []
         if image is not None:
             arr = as_rgb_array(image, self.image_processor.config.do_convert_rgb)
             if frame_size is not None:
                 arr = resize_frame(arr, frame_size)
-            processed = self.image_processor(arr)
+            processed = [self.image_processor(a) for a in (arr, *region_crops(arr, regions))]
         t1 = time.perf_counter()
-        features = None
-        size = (0, 0)
-        if processed is not None:
-            size = processed.image_size
-            pixels = processed.pixel_values.numpy().astype(self.act_dtype, copy=False)
-            features = self._image_features(self.runner.vision(pixels), *size)
+        features = []
+        for one in processed:   # one vision call per image: the engine's crop profile is one image's
+            pixels = one.pixel_values.numpy().astype(self.act_dtype, copy=False)
+            features.append(self._image_features(self.runner.vision(pixels), *one.image_size))
         embeds = self._embeds(ids, features)
         t2 = time.perf_counter()
-        return embeds, size, (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        return embeds, (processed[0].image_size if processed else (0, 0)), (t1 - t0) * 1e3, (t2 - t1) * 1e3
+
+    @property
+    def action_regions(self) -> tuple[tuple[float, float, float, float], ...]:
+        return self.image_processor.config.action_regions
 
     # -- decoding ---------------------------------------------------------------------
     def _choose(self, logits: np.ndarray, temperature: float, rng: np.random.Generator | None) -> int:
@@ -154,7 +161,8 @@ class ExportedPolicy:
 
         if not isinstance(instruction, str) or not instruction.strip():
             raise BackendError(f"instruction must be a non-empty string, got {instruction!r}")
-        embeds, size, pre_ms, vis_ms = self.prepare(image_rgb, robot_action_query(instruction.strip()), frame_size)
+        query = robot_action_query(instruction.strip(), 1 + len(self.action_regions))
+        embeds, size, pre_ms, vis_ms = self.prepare(image_rgb, query, frame_size, self.action_regions)
         t0 = time.perf_counter()
         logits, _, cache = self.runner.prefill(embeds)
         all_logits = [logits[0]]

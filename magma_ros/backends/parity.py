@@ -56,11 +56,10 @@ def torch_reference(policy, frame: np.ndarray, instruction: str) -> tuple[tuple[
     """Greedy ids from MagmaPolicy and (7, 256) action logits from one stock no-cache forward."""
     import torch
 
-    from magma_ros.model.processor import robot_action_query
-
     step = policy.predict_action(frame, instruction)
     rng = policy.action_token_range
-    prepared = policy.prepare_inputs(frame, robot_action_query(instruction), frame_size=policy.action_frame_size)
+    prepared = policy.prepare_inputs(frame, policy.action_query(instruction), frame_size=policy.action_frame_size,
+                                     regions=policy.action_regions)
     with torch.inference_mode():
         tail = policy.model.embed_tokens(torch.tensor(step.token_ids[:-1], device=policy.model.device))
         embeds = torch.cat((prepared.inputs_embeds, tail[None].to(prepared.inputs_embeds.dtype)), dim=1)

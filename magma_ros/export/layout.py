@@ -80,6 +80,7 @@ class ModelDims:
     vision_params: int = 0
     language_params: int = 0
     eos_token_ids: tuple[int, ...] = ()   # the text config's eos ids (free-text stops)
+    action_regions: int = 0      # preprocessor's action_regions: extra images of an action prompt
 
     @property
     def action_rows(self) -> int:

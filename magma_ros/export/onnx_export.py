@@ -72,6 +72,7 @@ def model_dims(model, tokenizer, preprocessor) -> ModelDims:
         vocab_size=model.language_model.lm_head.weight.shape[0], action_lo=rng.lo, action_hi=rng.hi,
         crop_size=preprocessor.base_img_size, grid=preprocessor.base_img_size // 32,
         num_crops=preprocessor.num_crops, max_positions=text.max_position_embeddings,
+        action_regions=len(preprocessor.action_regions),
         image_token_index=model.config.image_token_index, row_separator=model.config.vision.mm_use_row_seperator,
         use_im_start_end=model.config.mm_use_image_start_end, vision_params=vision_params,
         language_params=language_params, eos_token_ids=tuple(int(i) for i in text.eos_token_id),

@@ -108,14 +108,17 @@ class Profile:
 
 
 def sequence_bounds(dims: ModelDims, max_crops: int | None = None) -> tuple[int, int, int]:
-    """(min, opt, max) prefill length: opt = one crop + prompt text, max = the largest
-    crop layout (up to ``max_crops``) + prompt text, capped at the model's positions."""
+    """(min, opt, max) prefill length: opt = one crop per action image (the frame and each of
+    ``action_regions``) + prompt text, max = the largest crop layout (up to ``max_crops``) for
+    each of them + prompt text, capped at the model's positions."""
     crops = min(max_crops or dims.num_crops, dims.num_crops)
     most = 0
     for cols in range(1, crops + 1):
         for rows in range(1, crops // cols + 1):
             most = max(most, dims.image_tokens(rows, cols))
-    opt = dims.image_tokens(1, 1) + PROMPT_TEXT_TOKENS // 2
+    images = 1 + dims.action_regions
+    most *= images
+    opt = images * dims.image_tokens(1, 1) + PROMPT_TEXT_TOKENS // 2
     top = min(most + PROMPT_TEXT_TOKENS, dims.max_positions)
     return 1, min(opt, top), top
 

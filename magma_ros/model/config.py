@@ -442,6 +442,10 @@ class PreprocessorConfig:
     """Image preprocessing settings (``preprocessor_config.json``, MagmaImageProcessor fields).
 
     ``base_img_size`` is the crop size S; ``num_crops`` bounds rows*cols of the crop grid.
+    ``action_regions`` (this package's addition, absent from Microsoft's files): boxes
+    ``(x0, y0, x1, y1)``, fractions of the action frame, that robot action queries also give the
+    model as images of their own, after the whole frame (e.g. the sim's wrist inset, which the
+    whole frame's 8x8 feature grid covers with only 3x3 cells). Empty: one image, as Magma does.
     """
 
     base_img_size: int
@@ -450,6 +454,7 @@ class PreprocessorConfig:
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
     do_convert_rgb: bool = True
+    action_regions: tuple[tuple[float, float, float, float], ...] = ()
     source: str = field(default="preprocessor_config.json", compare=False)
 
     def __post_init__(self) -> None:
@@ -469,6 +474,7 @@ class PreprocessorConfig:
             for v in value:
                 _check_float(v, name, src, positive=(name == "image_std"))
         _check_bool(self.do_convert_rgb, "do_convert_rgb", src)
+        check_regions(self.action_regions, f"{src}: action_regions")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], default_size: int,
@@ -488,6 +494,7 @@ class PreprocessorConfig:
             image_mean=tuple(mean),  # type: ignore[arg-type]
             image_std=tuple(std),  # type: ignore[arg-type]
             do_convert_rgb=data.get("do_convert_rgb", True),
+            action_regions=as_regions(data.get("action_regions", ()), f"{source}: action_regions"),
             source=source,
         )
 
@@ -501,4 +508,28 @@ class PreprocessorConfig:
             "do_convert_rgb": self.do_convert_rgb,
             "image_mean": list(self.image_mean),
             "image_std": list(self.image_std),
+            **({"action_regions": [list(r) for r in self.action_regions]} if self.action_regions else {}),
         }
+
+
+def as_regions(value: object, what: str) -> tuple[tuple[float, float, float, float], ...]:
+    """A list of ``[x0, y0, x1, y1]`` boxes (JSON / YAML) as a tuple of tuples, checked."""
+    if not isinstance(value, (list, tuple)) or not all(isinstance(box, (list, tuple)) for box in value):
+        raise ConfigError(f"{what} must be a list of [x0, y0, x1, y1] boxes, got {value!r}")
+    regions = tuple(tuple(box) for box in value)
+    check_regions(regions, what)
+    return regions   # type: ignore[return-value]
+
+
+def check_regions(regions: object, what: str) -> None:
+    """Each box is 4 finite fractions with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1."""
+    if not isinstance(regions, tuple):
+        raise ConfigError(f"{what} must be a tuple of boxes, got {regions!r}")
+    for box in regions:
+        if (not isinstance(box, tuple) or len(box) != 4
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in box)):
+            raise ConfigError(f"{what}: {box!r} is not 4 numbers (x0, y0, x1, y1)")
+        x0, y0, x1, y1 = box
+        if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+            raise ConfigError(f"{what}: {list(box)} needs 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 "
+                              "(fractions of the frame)")

@@ -21,26 +21,29 @@ import torch
 
 from magma_ros.model.errors import GenerationError
 from magma_ros.model.policy import MagmaPolicy, resize_frame
-from magma_ros.model.processor import as_rgb_array
+from magma_ros.model.processor import as_rgb_array, region_crops
 from magma_ros.model.tokenizer import EOS_TOKEN, IMAGE_TOKEN
 
 
 @dataclass(frozen=True)
 class SupervisedExample:
-    """One training example. ``answer_ids`` (e.g. 7 action tokens) wins over ``answer`` text."""
+    """One training example. ``answer_ids`` (e.g. 7 action tokens) wins over ``answer`` text.
+    ``regions``: boxes of the (resized) image given as images of their own, after it, as
+    :meth:`MagmaPolicy.prepare_inputs` does for ``action_regions``."""
 
     image: np.ndarray | None
     user_content: str
     answer: str = ""
     answer_ids: tuple[int, ...] = ()
     frame_size: int | None = None
+    regions: tuple[tuple[float, float, float, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class EncodedExample:
     input_ids: torch.Tensor          # prompt + answer + end-of-turn, (L,)
-    pixel_values: torch.Tensor | None
-    image_size: tuple[int, int] | None
+    pixel_values: torch.Tensor | None   # the crops of every image, in order
+    image_sizes: tuple[tuple[int, int], ...]   # (rows, cols) per image; () without one
     target_ids: torch.Tensor         # answer + end-of-turn, (n,)
 
 
@@ -48,7 +51,7 @@ def encode_example(policy: MagmaPolicy, example: SupervisedExample) -> EncodedEx
     """Tokenize and preprocess one example the way inference does."""
     content = example.user_content
     if example.image is not None and IMAGE_TOKEN not in content:
-        content = f"{IMAGE_TOKEN}\n{content}"
+        content = f"{IMAGE_TOKEN}\n" * (1 + len(example.regions)) + content
     prompt = policy.prompt_builder.encode(content)
     tokenizer = policy.tokenizer
     answer = list(example.answer_ids) or tokenizer.encode(example.answer, add_special_tokens=False)
@@ -56,14 +59,15 @@ def encode_example(policy: MagmaPolicy, example: SupervisedExample) -> EncodedEx
         raise GenerationError("a supervised example needs a non-empty answer")
     end = tokenizer.token_id(EOS_TOKEN) if tokenizer.has_token(EOS_TOKEN) else tokenizer.eos_id
     targets = [*answer, end]
-    pixel_values = image_size = None
+    pixel_values, image_sizes = None, ()
     if example.image is not None:
         arr = as_rgb_array(example.image, policy.image_processor.config.do_convert_rgb)
         if example.frame_size is not None:
             arr = resize_frame(arr, example.frame_size)
-        processed = policy.image_processor(arr)
-        pixel_values, image_size = processed.pixel_values, processed.image_size
-    return EncodedExample(torch.tensor(prompt + targets, dtype=torch.long), pixel_values, image_size,
+        processed = [policy.image_processor(a) for a in (arr, *region_crops(arr, example.regions))]
+        pixel_values = torch.cat([p.pixel_values for p in processed])
+        image_sizes = tuple(p.image_size for p in processed)
+    return EncodedExample(torch.tensor(prompt + targets, dtype=torch.long), pixel_values, image_sizes,
                           torch.tensor(targets, dtype=torch.long))
 
 
@@ -72,8 +76,7 @@ def supervised_loss(policy: MagmaPolicy, example: SupervisedExample | EncodedExa
     encoded = example if isinstance(example, EncodedExample) else encode_example(policy, example)
     device = policy.model.device
     pixel_values = encoded.pixel_values.to(device) if encoded.pixel_values is not None else None
-    sizes = [encoded.image_size] if encoded.image_size is not None else []
-    logits = policy.model(encoded.input_ids.to(device), pixel_values, sizes)   # (1, L', vocab)
+    logits = policy.model(encoded.input_ids.to(device), pixel_values, encoded.image_sizes)   # (1, L', vocab)
     n = len(encoded.target_ids)
     predicted = logits[0, -n - 1:-1]   # the logits at position t predict token t + 1
     return torch.nn.functional.cross_entropy(predicted.float(), encoded.target_ids.to(device))

@@ -14,7 +14,7 @@ disables that.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from magma_ros.model.processor import (
     MagmaImageProcessor,
     PromptBuilder,
     as_rgb_array,
+    region_crops,
     robot_action_query,
 )
 from magma_ros.model.tokenizer import EOS_TOKEN, IMAGE_TOKEN, ActionTokenRange, MagmaTokenizer
@@ -126,29 +127,39 @@ class MagmaPolicy:
         return self.tokenizer.action_token_range
 
     # -- inputs ---------------------------------------------------------------------------
-    def prepare_inputs(self, image: object | None, user_content: str,
-                       frame_size: int | None = None) -> PreparedInputs:
-        """Preprocess ``image`` (optionally resized to ``frame_size`` squared), build and
-        tokenize the chat prompt, run the vision tower and merge: the model's input."""
+    def prepare_inputs(self, image: object | None, user_content: str, frame_size: int | None = None,
+                       regions: Sequence[Sequence[float]] = ()) -> PreparedInputs:
+        """Preprocess ``image`` (optionally resized to ``frame_size`` squared) and the crops of
+        ``regions`` of it (images of their own, after it), build and tokenize the chat prompt
+        (one ``<image>`` per image), run the vision tower and merge: the model's input."""
         device = self.model.device
         t0 = time.perf_counter()
         ids = torch.tensor(self.prompt_builder.encode(user_content), dtype=torch.long)
-        processed = None
+        processed = []
         if image is not None:
             arr = as_rgb_array(image, self.image_processor.config.do_convert_rgb)
             if frame_size is not None:
                 arr = resize_frame(arr, frame_size)
-            processed = self.image_processor(arr)
+            processed = [self.image_processor(a) for a in (arr, *region_crops(arr, regions))]
         t1 = time.perf_counter()
         with torch.inference_mode():
-            feats = (self.model.image_features(processed.pixel_values, [processed.image_size])
-                     if processed is not None else [])
+            feats = (self.model.image_features(torch.cat([p.pixel_values for p in processed]),
+                                               [p.image_size for p in processed]) if processed else [])
             embeds = self.model.embed(ids, feats)
         synchronize(device)
         t2 = time.perf_counter()
         return PreparedInputs(input_ids=ids, inputs_embeds=embeds,
-                              image_size=processed.image_size if processed else None,
+                              image_size=processed[0].image_size if processed else None,
                               preprocess_ms=(t1 - t0) * 1e3, vision_ms=(t2 - t1) * 1e3)
+
+    @property
+    def action_regions(self) -> tuple[tuple[float, float, float, float], ...]:
+        """The checkpoint's ``action_regions``: crops of the action frame given as images of their own."""
+        return self.image_processor.config.action_regions
+
+    def action_query(self, instruction: str) -> str:
+        """The robot action user turn for ``instruction``, one ``<image>`` per action image."""
+        return robot_action_query(instruction.strip(), 1 + len(self.action_regions))
 
     # -- actions --------------------------------------------------------------------------
     def predict_action(self, image_rgb: np.ndarray, instruction: str, sampling: Sampling = GREEDY) -> ActionStep:
@@ -159,8 +170,8 @@ class MagmaPolicy:
         """
         if not isinstance(instruction, str) or not instruction.strip():
             raise GenerationError(f"instruction must be a non-empty string, got {instruction!r}")
-        prepared = self.prepare_inputs(image_rgb, robot_action_query(instruction.strip()),
-                                       frame_size=self.action_frame_size)
+        prepared = self.prepare_inputs(image_rgb, self.action_query(instruction),
+                                       frame_size=self.action_frame_size, regions=self.action_regions)
         out = decode_constrained(self.model, prepared.inputs_embeds, self.action_token_range,
                                  num_tokens=ACTION_DIMS, sampling=sampling)
         timings = StageTimings(prepared.preprocess_ms, prepared.vision_ms, out.prefill_ms,

@@ -41,9 +41,24 @@ from magma_ros.model.tokenizer import (
 SYSTEM_MESSAGE = "You are agent that can see, talk and act."
 
 
-def robot_action_query(task: str) -> str:
-    """Magma's robot action user turn for ``task`` (e.g. "pick up the red block")."""
-    return f"{IMAGE_TOKEN}\nWhat action should the robot take to {task}?"
+def robot_action_query(task: str, images: int = 1) -> str:
+    """Magma's robot action user turn for ``task`` (e.g. "pick up the red block"): one
+    ``<image>`` line per image (the frame, then any ``action_regions`` crops), then the question."""
+    if images < 1:
+        raise ValueError(f"a robot action query needs at least one image, got {images}")
+    return f"{IMAGE_TOKEN}\n" * images + f"What action should the robot take to {task}?"
+
+
+def region_crops(frame: np.ndarray, regions: Sequence[Sequence[float]]) -> list[np.ndarray]:
+    """The pixels of each ``(x0, y0, x1, y1)`` box (fractions of ``frame``'s width and height,
+    edges rounded to whole pixels, at least one pixel each way) of an (H, W, C) frame."""
+    height, width = frame.shape[:2]
+    crops = []
+    for x0, y0, x1, y1 in regions:
+        left, top = min(round(x0 * width), width - 1), min(round(y0 * height), height - 1)
+        right, bottom = max(round(x1 * width), left + 1), max(round(y1 * height), top + 1)
+        crops.append(frame[top:bottom, left:right])
+    return crops
 
 
 def candidate_grids(num_crops: int) -> list[tuple[int, int]]:

@@ -243,6 +243,9 @@ WRIST_CAMERA = CameraConfig(
 
 INSET_FRACTION = 0.35
 """Side of the wrist inset over the side of the main view (see :func:`wrist_inset_camera`)."""
+INSET_REGION = (1.0 - INSET_FRACTION, 0.0, 1.0, INSET_FRACTION)
+"""The inset's box in the main view (x0, y0, x1, y1, fractions): as a preprocessor's ``action_regions``
+entry it gives the model the wrist view as an image of its own (training/recipes/README.md, attempt 13)."""
 WRIST_INSET_NAME = "wrist_inset"
 """The name of the inset's camera in a workcell (``Workcell.inset_camera``)."""
 

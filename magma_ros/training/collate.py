@@ -23,7 +23,6 @@ from magma_ros.codecs import ActionCodec, ActionStatistics
 from magma_ros.model.finetune import EncodedExample, SupervisedExample, encode_example
 from magma_ros.model.modeling import IGNORE_INDEX
 from magma_ros.model.policy import MagmaPolicy
-from magma_ros.model.processor import robot_action_query
 from magma_ros.training.config import AugmentConfig
 from magma_ros.training.records import StepRecord, TraceSample
 
@@ -184,8 +183,9 @@ class ExampleEncoder:
             if augment is not None and augment.enabled and rng is not None:
                 image = augment_image(image, augment, rng)
             ids = self.codec.encode(record.action, source.statistics)
-            return SupervisedExample(image, robot_action_query(record.instruction.strip()),
-                                     answer_ids=tuple(int(i) for i in ids), frame_size=self.action_frame_size)
+            return SupervisedExample(image, self.policy.action_query(record.instruction),
+                                     answer_ids=tuple(int(i) for i in ids), frame_size=self.action_frame_size,
+                                     regions=self.policy.action_regions)
         sample = source.traces[ref.index]
         image = sample.image
         if augment is not None and augment.enabled and rng is not None:   # colour only: marks stay put
@@ -240,6 +240,6 @@ def collate(examples: Sequence[EncodedExample], pad_id: int, kinds: Sequence[str
         labels[b, n - k:n] = e.target_ids
         if e.pixel_values is not None:
             pixels.append(e.pixel_values)
-            sizes.append(tuple(e.image_size))
+            sizes.extend(tuple(size) for size in e.image_sizes)
     pixel_values = torch.cat(pixels) if pixels else None
     return Batch(ids, mask, labels, pixel_values, tuple(sizes), tuple(kinds))

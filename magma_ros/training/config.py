@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from magma_ros.model.config import as_regions, check_regions
+from magma_ros.model.errors import ConfigError
+
 CONFIG_FILE = "train_config.yaml"
 
 PRECISIONS = ("fp32", "bf16")
@@ -115,6 +118,10 @@ class TrainConfig:
     with the statistics computed from that dataset; ``checkpoint`` with the starting checkpoint's
     statistics of the same name (actions beyond its q01..q99 fall in the edge bins), so a fine-tune
     on new recordings keeps what every action token of the checkpoint means.
+    Action images: ``action_regions`` (boxes ``[x0, y0, x1, y1]``, fractions of the action frame)
+    sets the preprocessor's regions that action prompts also give the model as images of their
+    own (the trained checkpoint keeps them, so the policy serves what was trained); null keeps
+    the starting checkpoint's, [] removes them.
     """
 
     seed: int = 0
@@ -134,6 +141,7 @@ class TrainConfig:
     trace_smoothing_px: float = 0.0
     statistics_from: str = "data"
     action_frame_size: int = 256
+    action_regions: tuple[tuple[float, float, float, float], ...] | None = None
     tom_frame_size: int | None = None
     precision: str = "bf16"
     weights_dtype: str = "fp32"
@@ -164,6 +172,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise _fail(source, name, f"must be an integer >= 0, got {value!r}")
+        if self.action_regions is not None:
+            try:
+                check_regions(self.action_regions, f"{source}: action_regions")
+            except ConfigError as err:
+                raise TrainConfigError(str(err)) from err
         if self.tom_frame_size is not None and (not isinstance(self.tom_frame_size, int) or self.tom_frame_size < 1):
             raise _fail(source, "tom_frame_size", f"must be an integer >= 1 or null, got {self.tom_frame_size!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -218,6 +231,11 @@ class TrainConfig:
                 if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
                     raise _fail(source, name, f"expected a list of module prefixes, got {value!r}")
                 values[name] = tuple(value)
+            elif name == "action_regions":
+                try:
+                    values[name] = None if value is None else as_regions(value, f"{source}: action_regions")
+                except ConfigError as err:
+                    raise TrainConfigError(str(err)) from err
             elif name == "betas":
                 if not isinstance(value, (list, tuple)) or len(value) != 2:
                     raise _fail(source, name, f"expected two numbers, got {value!r}")
@@ -247,6 +265,8 @@ class TrainConfig:
         out = dataclasses.asdict(self)
         out["betas"] = list(self.betas)
         out["freeze"] = list(self.freeze)
+        if self.action_regions is not None:
+            out["action_regions"] = [list(box) for box in self.action_regions]
         if self.lora is not None:
             out["lora"]["target_modules"] = list(self.lora.target_modules)
         return out

@@ -124,8 +124,8 @@ def load_base(checkpoint: str | Path | None, init: str | None, config: TrainConf
         model.to(device)
         for p in model.parameters():
             p.requires_grad_(True)
-        return ModelBundle(model, tokenizer, PreprocessorConfig(base_img_size=model.config.vision.img_size),
-                           None, init)
+        preprocessor = PreprocessorConfig(base_img_size=model.config.vision.img_size)
+        return _with_regions(ModelBundle(model, tokenizer, preprocessor, None, init), config)
     opened = open_checkpoint(checkpoint)
     bundle = ModelBundle(opened.model, opened.tokenizer, opened.preprocessor, opened.dataset_statistics,
                          str(checkpoint), opened)
@@ -133,6 +133,14 @@ def load_base(checkpoint: str | Path | None, init: str | None, config: TrainConf
         dtype = resolve_dtype(config.weights_dtype)
         opened.load_weights(dtype=dtype, device=device, requires_grad=True)
         bundle.opened = None
+    return _with_regions(bundle, config)
+
+
+def _with_regions(bundle: ModelBundle, config: TrainConfig) -> ModelBundle:
+    """The config's ``action_regions`` (when set) in the preprocessor: what the examples are encoded with
+    and what the trained checkpoint's policy serves."""
+    if config.action_regions is not None:
+        bundle.preprocessor = dataclasses.replace(bundle.preprocessor, action_regions=config.action_regions)
     return bundle
 
 

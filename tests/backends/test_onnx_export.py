@@ -97,6 +97,32 @@ def test_a_broken_backend_fails_the_parity_check(tiny_pair, tiny_export: Path, t
         create_backend("onnxruntime", str(broken), options=BackendOptions(verify_backend=True))
 
 
+def test_a_checkpoint_with_an_action_region_exports_and_matches_torch(tmp_path: Path) -> None:
+    """The wrist-inset region is a second image in the action prompt, in ONNX Runtime as in PyTorch."""
+    from magma_ros.model import MagmaPolicy, PreprocessorConfig, build_tiny_model, save_checkpoint
+    from magma_ros.sim.config import INSET_REGION
+
+    model, tokenizer = build_tiny_model("magma-tiny", seed=1)
+    pre = PreprocessorConfig(base_img_size=model.config.vision.img_size, action_regions=(INSET_REGION,))
+    checkpoint = save_checkpoint(model, tokenizer, tmp_path / "ckpt", preprocessor=pre)
+    from magma_ros.export.onnx_export import export_checkpoint
+
+    manifest = export_checkpoint(checkpoint, tmp_path / "onnx")
+    assert manifest.dims.action_regions == 1 and Manifest.read(tmp_path / "onnx").dims.action_regions == 1
+    reference = MagmaPolicy.from_pretrained(checkpoint, dtype="float32")
+    backend = create_backend("onnxruntime", str(tmp_path / "onnx"))
+    assert backend.policy.action_regions == (INSET_REGION,)
+    report = check_parity(backend, checkpoint, probes=3, reference=reference)
+    assert report.passed and report.probes == 3, report.summary()
+    # the region really is a second image: the same frame without it answers differently somewhere
+    frame = np.random.default_rng(5).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    with_region = backend.policy.predict_action(frame, "pick up the red cube")
+    backend.policy.image_processor.config = PreprocessorConfig(base_img_size=model.config.vision.img_size)
+    without = backend.policy.predict_action(frame, "pick up the red cube")
+    assert not np.allclose(with_region.logits, without.logits, atol=1e-4)
+    backend.close()
+
+
 def test_stale_exports_are_redone_and_bad_directories_named(tiny_pair, tmp_path: Path) -> None:
     from magma_ros.backends.exports import resolve_export
 

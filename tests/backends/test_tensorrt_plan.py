@@ -55,6 +55,10 @@ def test_profiles_come_from_the_model_config() -> None:
     # a small model's max positions cap the sequence
     short = dataclasses.replace(MAGMA_8B, max_positions=600)
     assert sequence_bounds(short)[2] == 600 and profile_shapes(short, DECODE).shapes["past.0.key"][2][2] == 599
+    # an action region (a second image in the action prompt) doubles the image positions to plan for
+    two = dataclasses.replace(MAGMA_8B, action_regions=1)
+    _, opt2, hi2 = sequence_bounds(two)
+    assert hi2 == 2 * 1088 + 128 and opt2 >= 2 * 272 and opt2 > opt
     with pytest.raises(TensorRTPlanError):
         profile_shapes(MAGMA_8B, "nope")
 

@@ -119,7 +119,7 @@ def test_batched_loss_equals_the_single_example_losses(policy, source):
     with torch.no_grad():
         full = policy.model.forward_batch(batch.input_ids, batch.attention_mask, batch.pixel_values,
                                           batch.image_sizes).logits
-        first = policy.model(encoded[0].input_ids, encoded[0].pixel_values, [encoded[0].image_size])
+        first = policy.model(encoded[0].input_ids, encoded[0].pixel_values, encoded[0].image_sizes)
     assert torch.allclose(full[0, :first.shape[1]], first[0], atol=1e-4)
 
 

@@ -32,6 +32,10 @@ def test_saved_config_reads_back_equal(tmp_path):
     assert TrainConfig.from_yaml(path) == config
     assert TrainConfig.from_dict({"lora": True}).lora == LoraConfig()
     assert TrainConfig.from_dict({"lora": None}).lora is None
+    regions = TrainConfig(action_regions=((0.65, 0.0, 1.0, 0.35),))
+    assert TrainConfig.from_yaml(regions.save(tmp_path)) == regions
+    assert TrainConfig.from_dict({"action_regions": []}).action_regions == ()
+    assert TrainConfig.from_dict({"action_regions": None}).action_regions is None
 
 
 @pytest.mark.parametrize(("data", "message"), [
@@ -50,6 +54,8 @@ def test_saved_config_reads_back_equal(tmp_path):
     ({"lora": {"ranks": 4}}, "lora: unknown"),
     ({"augment": {"crop_scale": 0.0}}, "augment.crop_scale"),
     ({"betas": [0.9]}, "betas"),
+    ({"action_regions": [[0.7, 0.0, 0.6, 0.3]]}, "action_regions"),
+    ({"action_regions": [0.65, 0.0, 1.0, 0.35]}, "action_regions"),
     ({"weights_dtype": "bf16"}, "full fine-tuning keeps fp32"),
 ])
 def test_bad_settings_are_named(data, message):

@@ -164,6 +164,28 @@ def test_frozen_modules_keep_their_loaded_weights_and_the_rest_trains(base_check
         _trainer(small_config(freeze=("vision_towr",)), base_checkpoint, source, tmp_path / "typo")
 
 
+def test_action_regions_are_trained_on_and_saved_with_the_checkpoint(base_checkpoint, source, tmp_path):
+    """``action_regions`` in the recipe: the action examples carry the region as a second image, and the
+    trained checkpoint's preprocessor keeps it, so the policy serves the prompt it was trained on."""
+    region = (0.5, 0.0, 1.0, 0.5)
+    trainer = _trainer(small_config(steps=2, eval_every=100, save_every=100, action_regions=(region,)),
+                       base_checkpoint, source, tmp_path)
+    assert trainer.bundle.preprocessor.action_regions == (region,)
+    result = trainer.fit(progress=False)
+    saved = json.loads((result.final_dir / "preprocessor_config.json").read_text())
+    assert saved["action_regions"] == [list(region)]
+    policy = MagmaPolicy.from_pretrained(result.final_dir)
+    assert policy.action_regions == (region,)
+    frame = source.steps[0].image
+    step = policy.predict_action(frame, "pick up the red block")
+    assert len(step.token_ids) == 7
+    prompt = policy.prompt_builder.encode(policy.action_query("pick up the red block"))
+    assert prompt.count(policy.model.image_token_index) == 2
+    # the starting checkpoint had none: a plain config keeps that
+    plain = _trainer(small_config(steps=1), base_checkpoint, source, tmp_path / "plain")
+    assert plain.bundle.preprocessor.action_regions == ()
+
+
 def test_statistics_from_checkpoint_keeps_what_the_action_tokens_mean(source, tmp_path):
     """statistics_from: checkpoint encodes the new data's actions with the starting checkpoint's statistics of
     the same name (not the data's own), and the fine-tuned model exports those; a checkpoint without that name

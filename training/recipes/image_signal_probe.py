@@ -42,15 +42,15 @@ def main(argv: list[str]) -> int:
         pixels = [e.pixel_values for e in encoded]
         print(f"pixel values {tuple(pixels[0].shape)}: std {float(pixels[0].std()):.3f}, mean abs difference "
               f"between two episodes {float((pixels[0] - pixels[1]).abs().mean()):.4f}")
-        feats = [model.image_features(e.pixel_values, [e.image_size])[0] for e in encoded]
+        feats = [model.image_features(e.pixel_values, e.image_sizes)[0] for e in encoded]
         print(f"image tokens {tuple(feats[0].shape)}: norm {float(feats[0].norm(dim=-1).mean()):.1f} "
               f"(text embeddings: {float(model.embed_tokens.weight.norm(dim=-1).mean()):.1f}); spread over "
               f"tokens {float(feats[0].std(0).mean()):.3f}, difference between episodes "
               f"{float((feats[0] - feats[1]).abs().mean()):.4f}")
         first = encoded[0]
-        base = model(first.input_ids, first.pixel_values, [first.image_size])[0, -2]
+        base = model(first.input_ids, first.pixel_values, first.image_sizes)[0, -2]
         for other in encoded[1:]:
-            swapped = model(first.input_ids, other.pixel_values, [other.image_size])[0, -2]
+            swapped = model(first.input_ids, other.pixel_values, other.image_sizes)[0, -2]
             print(f"same prompt, another episode's frame: first action token argmax {int(base.argmax())} -> "
                   f"{int(swapped.argmax())}, logits mean abs change {float((base - swapped).abs().mean()):.4f}")
     return 0

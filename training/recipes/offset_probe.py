@@ -94,18 +94,23 @@ def probe_crop(frames: list[np.ndarray], y: np.ndarray, train: np.ndarray, test:
 
 
 def probe_tokens(frames: list[np.ndarray], y: np.ndarray, train: np.ndarray, val: np.ndarray, test: np.ndarray,
-                 checkpoint: str) -> None:
+                 checkpoint: str, regions: tuple[tuple[float, float, float, float], ...] | None = None) -> None:
     from magma_ros.model.policy import MagmaPolicy
+    from magma_ros.model.processor import region_crops
 
     started = time.perf_counter()
     policy = MagmaPolicy.from_pretrained(checkpoint)   # the model and the processor the policy node builds
     model, processor = policy.model.eval(), policy.image_processor
+    regions = policy.action_regions if regions is None else regions
     features = []
     with torch.no_grad():
         for start in range(0, len(frames), 64):
-            processed = [processor(f) for f in frames[start:start + 64]]
-            pixels = torch.cat([p.pixel_values for p in processed])
-            features += [f.flatten().double() for f in model.image_features(pixels, [p.image_size for p in processed])]
+            processed = [[processor(a) for a in (f, *region_crops(f, regions))] for f in frames[start:start + 64]]
+            pixels = torch.cat([p.pixel_values for images in processed for p in images])
+            feats = model.image_features(pixels, [p.image_size for images in processed for p in images])
+            per_frame = 1 + len(regions)
+            features += [torch.cat([f.flatten() for f in feats[i:i + per_frame]]).double()
+                         for i in range(0, len(feats), per_frame)]
     x = torch.stack(features)
     x = (x - x[train].mean(0)) / (x[train].std(0) + 1e-6)
     target = torch.from_numpy(y).double()
@@ -117,7 +122,8 @@ def probe_tokens(frames: list[np.ndarray], y: np.ndarray, train: np.ndarray, val
         if best is None or np.median(error[val]) < best[0]:
             best = (float(np.median(error[val])), lam, error)
     assert best is not None
-    report(f"ridge (lambda {best[1]:g}) from the {x.shape[1]} image-token features of {checkpoint}", best[2][test],
+    report(f"ridge (lambda {best[1]:g}) from the {x.shape[1]} image-token features of {checkpoint} "
+           f"(frame + {len(regions)} region(s))", best[2][test],
            y[test], time.perf_counter() - started)
 
 
@@ -126,9 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dataset", type=Path)
     parser.add_argument("--checkpoint", action="append", default=[], help="probe this checkpoint's image tokens")
     parser.add_argument("--crop", action="append", choices=sorted(CROPS), default=[], help="probe these pixels")
+    parser.add_argument("--regions", choices=("checkpoint", "none", "inset"), default="checkpoint",
+                        help="images besides the frame whose tokens the ridge reads: the checkpoint's action_regions, "
+                             "none, or the wrist inset's box")
     parser.add_argument("--steps", type=int, default=2500, help="optimizer steps of each crop probe")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    from magma_ros.sim.config import INSET_REGION
+
     frames, y, episodes = load(args.dataset)
     if len(frames) < 20:
         print(f"offset_probe: only {len(frames)} near-cube pick frames in {args.dataset}", file=sys.stderr)
@@ -144,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     for crop in args.crop:
         probe_crop(frames, y, ~test, test, crop, args.steps, args.seed)
     for checkpoint in args.checkpoint:
-        probe_tokens(frames, y, ~test & ~val, val, test, checkpoint)
+        probe_tokens(frames, y, ~test & ~val, val, test, checkpoint,
+                     {"checkpoint": None, "none": (), "inset": (INSET_REGION,)}[args.regions])
     return 0
 
 
