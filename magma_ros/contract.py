@@ -502,6 +502,9 @@ PERTURB_QUIET_HEIGHT_MAX = 0.5
 YAW_SLACK_MAX = math.pi / 4
 """rad: a cube looks the same every quarter turn, so no heading is further than this from square."""
 
+AIM_ERROR_MAX = 0.03
+"""m: the largest misjudged cube place (sim.expert.AIM_ERROR_MAX; tests hold them equal)."""
+
 CLOSE_STEPS_MAX = 50
 """The expert's longest still close (control steps): 5 s at 10 Hz."""
 
@@ -522,6 +525,11 @@ class ExpertTeleopParameters(NodeParameters):
                                                "centimetres exact (recordings of attempts 8-11); lower shakes the "
                                                "final approach too, so the recording shows the expert re-centring "
                                                "over the cube before it closes (it closes only once centred)")
+    aim_error: float = _param(0.0, "m: in a pick, the expert misjudges the cube's place across the table by up to "
+                                   "this (at least half of it, direction and length seeded by the episode's seed) "
+                                   "until it starts to descend, then sees it and re-centres on the way down "
+                                   "(MisjudgingExpert): the recording shows a clean correction from a visible "
+                                   "offset. 0 = none")
     final_descent_speed: float = _param(0.06, "m/s: the expert's top speed in the last 5 cm of a pick's descent "
                                               "(ExpertConfig.slow_speed), so a recording shows the hand step by step "
                                               "down to where it closes. 0.25 (its top speed anywhere) = recordings "
@@ -545,6 +553,8 @@ class ExpertTeleopParameters(NodeParameters):
                  and 0.0 <= self.perturb_quiet_height <= PERTURB_QUIET_HEIGHT_MAX,
                  f"perturb_quiet_height must be in [0, {PERTURB_QUIET_HEIGHT_MAX:g}] m, "
                  f"got {self.perturb_quiet_height}")
+        _require(math.isfinite(self.aim_error) and 0.0 <= self.aim_error <= AIM_ERROR_MAX,
+                 f"aim_error must be in [0, {AIM_ERROR_MAX:g}] m, got {self.aim_error}")
         _require(math.isfinite(self.final_descent_speed) and 0.0 < self.final_descent_speed <= PERTURB_STD_MAX,
                  f"final_descent_speed must be in (0, {PERTURB_STD_MAX:g}] m/s, got {self.final_descent_speed}")
         _require(math.isfinite(self.yaw_slack) and 0.0 <= self.yaw_slack <= YAW_SLACK_MAX,

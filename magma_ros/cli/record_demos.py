@@ -44,6 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="with --perturb-std, in a pick the shake stops once the hand is less than this above the "
                              "cube's centre (default 0.04: the last centimetres exact). Lower, e.g. 0.015, shakes "
                              "the final approach too: the recording shows the expert re-centring over the cube")
+    parser.add_argument("--aim-error", type=float, default=0.0, metavar="M",
+                        help="in a pick, the expert misjudges the cube's place across the table by up to this "
+                             "(at least half, seeded by each episode's seed) until it starts to descend, then "
+                             "re-centres on the way down: recordings of a clean correction from a visible offset. "
+                             "0 = none")
     parser.add_argument("--final-descent-speed", type=float, default=None, metavar="M_PER_S",
                         help="the expert's top speed in the last 5 cm of a pick's descent (default 0.06: the hand "
                              "is seen step by step down to where it closes; 0.25 = recordings before attempt 10)")
@@ -83,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"--perturb-quiet-height must be in [0, {PERTURB_QUIET_HEIGHT_MAX:g}] m, "
                      f"got {args.perturb_quiet_height}")
 
+    from magma_ros.contract import AIM_ERROR_MAX
+
+    if not (math.isfinite(args.aim_error) and 0.0 <= args.aim_error <= AIM_ERROR_MAX):
+        return _fail(f"--aim-error must be in [0, {AIM_ERROR_MAX:g}] m, got {args.aim_error}")
     if args.yaw_slack is not None and not (math.isfinite(args.yaw_slack) and 0.0 <= args.yaw_slack <= YAW_SLACK_MAX):
         return _fail(f"--yaw-slack must be in [0, {YAW_SLACK_MAX:.4f}] rad, got {args.yaw_slack}")
     if args.close_steps is not None and not 1 <= args.close_steps <= CLOSE_STEPS_MAX:
@@ -141,6 +150,7 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
         final_descent_speed = yaw_slack = close_steps = perturb_quiet_height = None
         sim_time = [Parameter("use_sim_time", value=True)]
         options = {"perturb_std": args.perturb_std, "perturb_quiet_height": args.perturb_quiet_height,
+                   "aim_error": args.aim_error,
                    "final_descent_speed": args.final_descent_speed,
                    "yaw_slack": args.yaw_slack, "close_steps": args.close_steps}   # None: the node's default
         expert = ExpertTeleopNode(parameter_overrides=[*sim_time, *(Parameter(k, value=v)
@@ -151,6 +161,9 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
             perturb_quiet_height = expert.params.perturb_quiet_height if args.perturb_std > 0 else None
             driver += (f", final descent at {final_descent_speed:g} m/s, heading within {yaw_slack:g} rad of square, "
                        f"{close_steps} steps closing")
+        if args.aim_error > 0 and args.task == "pick":
+            driver += (f", misjudging the cube's place by {args.aim_error * 50:g}-{args.aim_error * 100:g} cm until "
+                       "it descends")
         if args.perturb_std > 0:
             driver += f", perturbed while approaching and descending (std {args.perturb_std:g} m/s per axis"
             if args.task == "pick":
@@ -206,6 +219,7 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
                                                 "final_descent_speed": final_descent_speed, "yaw_slack": yaw_slack,
                                                 "close_steps": close_steps, "perturb_std": args.perturb_std,
                                                 "perturb_quiet_height": perturb_quiet_height,
+                                                "aim_error": args.aim_error,
                                                 "episodes": index},
                                                indent=2) + "\n")
     print(f"expert success {successes}/{len(index)}; {time.monotonic() - started:.0f} s; index: {out / 'index.json'}")

@@ -29,7 +29,7 @@ from magma_ros import contract
 from magma_ros.ros.runtime import declare_parameters, qos
 from magma_ros.sim import ExpertConfig, Observation, Pose, ScriptedExpert, make_task
 from magma_ros.sim.config import PANDA_FINGER_JOINTS
-from magma_ros.sim.expert import PerturbedExpert
+from magma_ros.sim.expert import MisjudgingExpert, PerturbedExpert
 from magma_ros.sim.session import EpisodeStatus
 from magma_ros.sim.workcell import JointState
 
@@ -58,7 +58,7 @@ class ExpertTeleopNode(Node):
         self._objects: MarkerArray | None = None
         self._status: EpisodeStatus | None = None
         self.params = declare_parameters(self, contract.ExpertTeleopParameters)
-        self._expert: ScriptedExpert | PerturbedExpert | None = None
+        self._expert: ScriptedExpert | MisjudgingExpert | PerturbedExpert | None = None
         self._episode = -1
         self._answered_ns = -1
         self._gripper_sent: float | None = None
@@ -97,6 +97,8 @@ class ExpertTeleopNode(Node):
                 self._episode = self._status.episode
                 expert = ScriptedExpert(make_task(self._status.task, self._status.color, self._status.max_steps),
                                         ExpertConfig(**self.params.expert_config_fields()))
+                if self.params.aim_error > 0:
+                    expert = MisjudgingExpert(expert, self.params.aim_error, self._status.seed)
                 self._expert = (PerturbedExpert(expert, self.params.perturb_std, self._status.seed,
                                                 self.params.perturb_quiet_height)
                                 if self.params.perturb_std > 0 else expert)

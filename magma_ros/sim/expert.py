@@ -19,6 +19,7 @@ recorded motion at a state is still the expert's.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass
@@ -237,3 +238,48 @@ class PerturbedExpert:
             return action
         noise = self._rng.normal(0.0, self.std, 3)
         return Action.create(action.linear + noise, action.angular, action.gripper_width)
+
+
+AIM_ERROR_MAX = 0.03
+"""m: within this the misjudged hover still counts as over the cube once the expert sees it (the
+descent turns back to hovering beyond 3.4 cm across)."""
+
+
+class MisjudgingExpert:
+    """A :class:`ScriptedExpert` that misjudges where a pick's cube is until it starts to descend.
+
+    While it approaches, the expert aims at the cube's place shifted across the table by a fixed
+    error (uniform direction, length uniform in ``[error / 2, error]``, seeded by the episode),
+    so it hovers off the cube; once it descends it sees the cube where it is and re-centres on the
+    way down, as it always does. Unlike :class:`PerturbedExpert`'s shake, every recorded motion is
+    the expert's own answer to the state it was in: the descent of a recording shows a clean
+    correction from a visible offset (centimetres, not the millimetres an exact expert leaves),
+    which is what a policy needs to learn to centre its hand over the cube (training/recipes/README.md,
+    attempt 13). A retry after a missed grasp aims true. Reach tasks are left exact.
+    """
+
+    def __init__(self, expert: ScriptedExpert, error: float, seed: int) -> None:
+        if not (math.isfinite(error) and 0.0 <= error <= AIM_ERROR_MAX):
+            raise TaskError(f"expert: aim error must be in [0, {AIM_ERROR_MAX}] m, got {error}")
+        self.expert = expert
+        rng = np.random.default_rng(seed)
+        angle, length = rng.uniform(0.0, 2 * math.pi), rng.uniform(0.5, 1.0) * error
+        self.error = np.array([length * math.cos(angle), length * math.sin(angle), 0.0])
+        self._seen = False
+
+    @property
+    def phase(self) -> Phase:
+        return self.expert.phase
+
+    @property
+    def task(self) -> Task:
+        return self.expert.task
+
+    def __call__(self, observation: Observation) -> Action:
+        self._seen = self._seen or self.expert.phase is not Phase.APPROACH
+        color = self.expert.task.color
+        if self._seen or self.expert.task.family is not TaskFamily.PICK or color not in observation.cube_poses:
+            return self.expert(observation)
+        cube = observation.cube_poses[color]
+        shifted = Pose(cube.position + self.error, cube.orientation)
+        return self.expert(dataclasses.replace(observation, cube_poses={**observation.cube_poses, color: shifted}))

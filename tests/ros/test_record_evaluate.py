@@ -123,7 +123,7 @@ def test_record_demos_expert_options_for_a_pick(tmp_path: Path) -> None:
     magma_ros("record-demos", "--task", "pick", "--episodes", "1", "--seed", "7", "--final-descent-speed", "0.25",
               "--yaw-slack", "0.3", "--close-steps", "7", "--out", str(fast))
     magma_ros("record-demos", "--task", "pick", "--episodes", "1", "--seed", "7", "--perturb-std", "0.05",
-              "--perturb-quiet-height", "0.015", "--out", str(tmp_path / "shaken"))
+              "--perturb-quiet-height", "0.015", "--aim-error", "0.02", "--out", str(tmp_path / "shaken"))
     index = {name: json.loads((tmp_path / name / "index.json").read_text()) for name in ("slow", "fast", "shaken")}
     assert index["slow"]["final_descent_speed"] == 0.06 and index["fast"]["final_descent_speed"] == 0.25
     assert index["slow"]["yaw_slack"] == 0.0 and index["fast"]["yaw_slack"] == 0.3
@@ -131,6 +131,8 @@ def test_record_demos_expert_options_for_a_pick(tmp_path: Path) -> None:
     assert index["slow"]["perturb_std"] == 0.0 and index["slow"]["perturb_quiet_height"] is None
     assert index["shaken"]["perturb_std"] == 0.05 and index["shaken"]["perturb_quiet_height"] == 0.015
     assert "none in the last 1.5 cm above the cube" in index["shaken"]["episodes"][0]["driver"]
+    assert index["shaken"]["aim_error"] == 0.02 and index["slow"]["aim_error"] == 0.0
+    assert "misjudging the cube's place by 1-2 cm until it descends" in index["shaken"]["episodes"][0]["driver"]
     assert all(i["episodes"][0]["success"] for i in index.values())
     # the hand descends to about 1.5 cm above the cube's centre: the slow zone (5 cm) is everything 3 cm above that
     near = {name: [speed for height, speed in _descent_speeds(d / "episode_0000") if height < 0.03]
@@ -150,6 +152,9 @@ def test_record_demos_expert_options_for_a_pick(tmp_path: Path) -> None:
     bad = subprocess.run([str(VENV_BIN / "magma-ros"), "record-demos", "--task", "pick", "--perturb-quiet-height",
                           "-0.01", "--out", str(tmp_path / "bad")], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "--perturb-quiet-height must be in [0, 0.5] m" in bad.stderr
+    bad = subprocess.run([str(VENV_BIN / "magma-ros"), "record-demos", "--task", "pick", "--aim-error", "0.05",
+                          "--out", str(tmp_path / "bad")], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 2 and "--aim-error must be in [0, 0.03] m" in bad.stderr
 
 
 def test_evaluate_runs_end_to_end(tmp_path: Path, tiny_checkpoint: Path) -> None:

@@ -205,3 +205,51 @@ def test_the_expert_closes_once_the_hand_is_low_over_the_cube():
 
     assert run_episode(task, 11, policy).success
     assert len(heights) == 1 and 0.0 < heights[0] < ExpertConfig().close_height
+
+
+@pytest.mark.parametrize("seed", [3, 7, 11])
+def test_a_misjudging_expert_hovers_off_the_cube_then_recentres_on_the_way_down(seed):
+    """--aim-error: the hover is off by [error/2, error] across the table; from the first descent step on,
+    every twist is the exact expert's answer to the state, so the recording shows a clean correction."""
+    from magma_ros.sim.expert import MisjudgingExpert, Phase
+
+    task = task_for_seed("pick", seed)
+    error = 0.02
+    expert = MisjudgingExpert(ScriptedExpert(task), error, seed)
+    rows = []
+
+    def policy(observation):
+        exact = ScriptedExpert(task)                       # the exact expert from the same internal state
+        exact.phase, exact._phase_steps = expert.expert.phase, expert.expert._phase_steps
+        exact._yaw, exact._lift_from = expert.expert._yaw, expert.expert._lift_from
+        reference = exact(observation)
+        phase = expert.phase
+        action = expert(observation)
+        cube = observation.cube_poses[task.color].position
+        offset = float(np.hypot(*(observation.ee_pose.position - cube)[:2]))
+        rows.append((phase, offset, np.array_equal(action.linear, reference.linear)))
+        return action
+
+    result = run_episode(task, seed, policy)
+    assert result.success
+    length = float(np.hypot(*expert.error[:2]))
+    assert error / 2 <= length <= error and expert.error[2] == 0.0
+    first_descent = next(i for i, row in enumerate(rows) if row[0] is Phase.DESCEND)
+    assert abs(rows[first_descent][1] - length) < 0.01                  # it hovered off the cube by the error
+    assert all(same for phase, _, same in rows[first_descent:])         # then acts exactly as the expert does
+    closing = next(i for i, row in enumerate(rows) if row[0] is Phase.CLOSE)
+    assert rows[closing][1] < 0.008                                      # ... and closes centred
+    assert not any(same for phase, _, same in rows[:first_descent] if phase is Phase.APPROACH)
+    # reach is untouched; bad errors are refused; the contract's bound is the expert's
+    reach = task_for_seed("reach", seed)
+    plain, misjudging = ScriptedExpert(reach), MisjudgingExpert(ScriptedExpert(reach), error, seed)
+    assert run_episode(reach, seed, plain).steps == run_episode(reach, seed, misjudging).steps
+    from magma_ros.contract import AIM_ERROR_MAX, ContractError, ExpertTeleopParameters
+    from magma_ros.sim.expert import AIM_ERROR_MAX as SIM_MAX
+
+    assert AIM_ERROR_MAX == SIM_MAX and ExpertTeleopParameters().aim_error == 0.0
+    for bad in (-0.001, SIM_MAX + 0.001, float("nan")):
+        with pytest.raises(TaskError, match="aim error"):
+            MisjudgingExpert(ScriptedExpert(task), bad, seed)
+        with pytest.raises(ContractError, match="aim_error"):
+            ExpertTeleopParameters(aim_error=bad)
