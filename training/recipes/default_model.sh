@@ -48,6 +48,7 @@ INSET_SHAKEN_EPISODES=${INSET_SHAKEN_EPISODES:-300}   # shaken pick episodes amo
 # the expert's top speed in the last 5 cm of a pick's descent (m/s): attempts 1-9 recorded at full speed
 # (0.25); the expert's own default is 0.06 since attempt 10 (README.md here)
 FINAL_DESCENT=${FINAL_DESCENT:-0.25}
+SHAKEN_LOW_SEED=1600; AIM_EPISODES=${AIM_EPISODES:-600}; AIM_SEED=1900; AIM_ERROR=0.025   # attempt 13
 VARIANT=magma-tiny-sim256
 RECIPE=training/recipes/default_model.yaml
 EVAL_EPISODES=${EVAL_EPISODES:-50}; EVAL_SEED=5000
@@ -165,6 +166,36 @@ if has vision_inset; then   # act2's tower retrained on the inset frames; it als
     --init "$OUT/vision_inset_a" --global-weight 8 --state-weight 4 --yaw-weight 4 --offset-weight 24 --steps 3000 \
     --lr 1e-3 --batch-size 32 --seed 0
 fi
+if has record_region; then   # README.md here, attempt 13: recordings whose labels show the expert centring its hand
+  stamp "record_region: reach $REACH_EPISODES, pick $PICK_EPISODES, shaken-low $PICK_EPISODES and misjudged pick \
+$AIM_EPISODES with the wrist inset" record_region
+  R="$OUT/region/demos"; FD="--final-descent-speed $FINAL_DESCENT"; pids=()
+  [ -d "$R/reach" ] || { ROS_DOMAIN_ID=$((ROS_DOMAIN_ID + 1)) $MAGMA record-demos --task reach --episodes "$REACH_EPISODES" \
+    --seed $REACH_SEED --wrist-inset --out "$R/reach" > "$OUT/record_region_reach.log" 2>&1 & pids+=($!); }
+  [ -d "$R/pick" ] || { ROS_DOMAIN_ID=$((ROS_DOMAIN_ID + 2)) $MAGMA record-demos --task pick --episodes "$PICK_EPISODES" \
+    --seed $PICK_SEED --wrist-inset $FD --out "$R/pick" > "$OUT/record_region_pick.log" 2>&1 & pids+=($!); }
+  [ -d "$R/shaken_low" ] || { ROS_DOMAIN_ID=$((ROS_DOMAIN_ID + 3)) $MAGMA record-demos --task pick \
+    --episodes "$PICK_EPISODES" --seed $SHAKEN_LOW_SEED --perturb-std 0.05 --perturb-quiet-height 0.015 --wrist-inset $FD \
+    --out "$R/shaken_low" > "$OUT/record_region_shaken_low.log" 2>&1 & pids+=($!); }
+  for pid in "${pids[@]}"; do wait "$pid"; done
+  pids=(); aims=()
+  for i in $(seq 0 $((AIM_EPISODES / 100 - 1))); do   # three recorders at a time, 100 episodes each
+    aims+=("$R/aim$i")
+    [ -d "$R/aim$i" ] || { ROS_DOMAIN_ID=$((ROS_DOMAIN_ID + 4 + i)) $MAGMA record-demos --task pick --episodes 100 \
+      --seed $((AIM_SEED + 100 * i)) --aim-error $AIM_ERROR --wrist-inset $FD --out "$R/aim$i" \
+      > "$OUT/record_region_aim$i.log" 2>&1 & pids+=($!); }
+    if [ ${#pids[@]} -ge 3 ]; then for pid in "${pids[@]}"; do wait "$pid"; done; pids=(); fi
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+  $MAGMA dataset build "$R/reach" "$R/pick" "$R/shaken_low" "${aims[@]}" --spec config/datasets/sim_panda.yaml \
+    --out "$OUT/region/data" --workers 2 --no-progress
+  $MAGMA dataset label-traces "$OUT/region/data" --window 9 --stride 8 --seed 0 --marks grid --no-progress --preview 4
+fi
+if has act_region; then   # the wrist inset also as an image of its own (action_regions), from act2, tower frozen
+  stamp "act_region: train on from act2 with training/recipes/default_model_region.yaml" act_region
+  $MAGMA train --checkpoint "$OUT/act2/model" --data "$OUT/region/data" --out "$OUT/act_region" \
+    --config training/recipes/default_model_region.yaml --parallel none --device cpu --no-progress
+fi
 if has act_inset; then
   stamp "act_inset: train on from vision_inset with training/recipes/default_model_inset.yaml" act_inset
   $MAGMA train --checkpoint "$OUT/vision_inset" --data "$OUT/inset/data" --out "$OUT/act_inset" \
@@ -172,7 +203,7 @@ if has act_inset; then
 fi
 MODEL="$OUT/$MODEL_STAGE/model"   # what the later stages evaluate and ship
 VIEW=--no-wrist-inset; HELD="$OUT/heldout"   # the image the model was trained on, and held-out recordings of it
-if [ "$MODEL_STAGE" = act_inset ]; then VIEW=--wrist-inset; HELD="$OUT/heldout_inset"; fi
+case "$MODEL_STAGE" in act_inset|act_region) VIEW=--wrist-inset; HELD="$OUT/heldout_inset" ;; esac
 if has heldout; then
   # held-out recordings (seeds never trained on) for the offline action and Trace-of-Mark errors
   stamp "held-out recordings + evaluate-offline" heldout

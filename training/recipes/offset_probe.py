@@ -1,7 +1,7 @@
 """Is the hand-to-cube offset readable near the cube, and where is it lost? (training/recipes/README.md, attempt 12)
 
     .venv/bin/python training/recipes/offset_probe.py DATASET [--checkpoint CKPT ...] [--crop inset|scene ...]
-        [--steps 2500] [--seed 0]
+        [--regions checkpoint|none|inset] [--actions CKPT ...] [--seeds LO HI] [--steps 2500] [--seed 0]
 
 Takes the pick frames of a dataset (``magma-ros dataset build``) where the hand is open, less than
 6 cm above and 4 cm across from the target cube's centre (the moment a grasp is won or lost), and
@@ -13,6 +13,10 @@ episodes:
   round the cube region (128x160). What the pixels hold.
 - ``--checkpoint``: ridge regression from all of a checkpoint's image tokens (the projected tower
   features the language model sees), lambda chosen on a validation tenth. What the tower passes on.
+
+- ``--actions``: the checkpoint's own lateral action on those frames (a random ``--limit`` of them),
+  its slope and correlation against the offset beside the recorded labels'. Run on the checkpoint's own
+  training data, a model that does not follow its labels under-fits the centring (attempt 13).
 
 Prints the median, p90 and share within 0.8 cm of each, beside answering "no offset".
 """
@@ -41,17 +45,19 @@ def near_cube_offset(state: np.ndarray, cube_xy: tuple[float, float], cube_size:
     return dx * 100.0, dy * 100.0
 
 
-def load(dataset: Path) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """Near-cube pick frames (256x256 RGB), their offsets (cm) and episode ids."""
+def load(dataset: Path, seeds: tuple[int, int] = (0, 2**32),
+         ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Near-cube pick frames (256x256 RGB), their offsets (cm), episode ids, recorded lateral actions
+    (mm, x and y) and instructions."""
     from magma_ros.sim.config import SceneConfig
     from magma_ros.sim.scene import sample_layout
     from magma_ros.training.dataset import TrajectoryDataset
 
     data, scene = TrajectoryDataset(dataset), SceneConfig()
-    frames, offsets, episodes, index = [], [], [], 0
+    frames, offsets, episodes, actions, instructions, index = [], [], [], [], [], 0
     for episode in data.episode_ids:
         length, meta = data.episode_length(episode), data.episode_metadata(episode)
-        if meta.get("task") == "pick":
+        if meta.get("task") == "pick" and seeds[0] <= int(meta["seed"]) < seeds[1]:
             cube = {c.color: c for c in sample_layout(scene, int(meta["seed"]))}[meta["color"]]
             for step in range(length):
                 record = data[index + step]
@@ -60,8 +66,49 @@ def load(dataset: Path) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
                     frames.append(np.asarray(record.image))
                     offsets.append(offset)
                     episodes.append(episode)
+                    actions.append(np.asarray(record.action)[:2] * 1000.0)
+                    instructions.append(record.instruction)
         index += length
-    return frames, np.asarray(offsets, np.float32), np.asarray(episodes)
+    return (frames, np.asarray(offsets, np.float32), np.asarray(episodes), np.asarray(actions, np.float32),
+            instructions)
+
+
+def servo_fit(offset_cm: np.ndarray, label_mm: np.ndarray, model_mm: np.ndarray) -> dict[str, list[float]]:
+    """Per axis (x, y): the slope (mm of lateral action per cm of offset) and correlation of the recorded
+    label and of the model's action against the offset, and the model's correlation with the label."""
+    def slope(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.polyfit(a, b, 1)[0]) if np.ptp(a) > 0 else float("nan")
+
+    def corr(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.corrcoef(a, b)[0, 1]) if np.ptp(a) > 0 and np.ptp(b) > 0 else float("nan")
+
+    axes = range(offset_cm.shape[1])
+    return {"label_slope": [slope(offset_cm[:, k], label_mm[:, k]) for k in axes],
+            "label_corr": [corr(offset_cm[:, k], label_mm[:, k]) for k in axes],
+            "model_slope": [slope(offset_cm[:, k], model_mm[:, k]) for k in axes],
+            "model_corr": [corr(offset_cm[:, k], model_mm[:, k]) for k in axes],
+            "model_vs_label": [corr(label_mm[:, k], model_mm[:, k]) for k in axes]}
+
+
+def probe_actions(frames: list[np.ndarray], y: np.ndarray, labels: np.ndarray, instructions: list[str],
+                  checkpoint: str, limit: int) -> None:
+    """Does the checkpoint's lateral action follow the offset as the recorded labels do? On the frames
+    of its own training data, a model that does not under-fits the centring (attempt 13)."""
+    from magma_ros.codecs import ActionCodec, resolve_statistics
+    from magma_ros.model.policy import MagmaPolicy
+
+    policy = MagmaPolicy.from_pretrained(checkpoint)
+    stats = resolve_statistics("sim_panda", Path(checkpoint) / "dataset_statistics.json")
+    codec = ActionCodec(policy.tokenizer.base_vocab_size)
+    index = np.random.default_rng(0).permutation(len(frames))[:limit]
+    model = np.array([codec.decode(policy.predict_action(frames[i], instructions[i]).token_ids, stats).action[:2]
+                      for i in index]) * 1000.0
+    fit = servo_fit(y[index], labels[index], model)
+    print(f"actions of {checkpoint} on {len(index)} near-cube frames: slope x/y mm per cm, label "
+          f"{fit['label_slope'][0]:.2f}/{fit['label_slope'][1]:.2f} (corr {fit['label_corr'][0]:.2f}/"
+          f"{fit['label_corr'][1]:.2f}), model {fit['model_slope'][0]:.2f}/{fit['model_slope'][1]:.2f} (corr "
+          f"{fit['model_corr'][0]:.2f}/{fit['model_corr'][1]:.2f}); model against label corr "
+          f"{fit['model_vs_label'][0]:.2f}/{fit['model_vs_label'][1]:.2f}", flush=True)
 
 
 def report(name: str, error: np.ndarray, truth: np.ndarray, seconds: float) -> None:
@@ -135,12 +182,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--regions", choices=("checkpoint", "none", "inset"), default="checkpoint",
                         help="images besides the frame whose tokens the ridge reads: the checkpoint's action_regions, "
                              "none, or the wrist inset's box")
+    parser.add_argument("--actions", action="append", default=[], metavar="CHECKPOINT",
+                        help="how this checkpoint's lateral action follows the offset, beside the recorded labels")
+    parser.add_argument("--seeds", type=int, nargs=2, metavar=("LO", "HI"), default=(0, 2**32),
+                        help="only pick episodes with LO <= seed < HI (e.g. the --aim-error recordings)")
+    parser.add_argument("--limit", type=int, default=400, help="--actions: at most this many frames")
     parser.add_argument("--steps", type=int, default=2500, help="optimizer steps of each crop probe")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     from magma_ros.sim.config import INSET_REGION
 
-    frames, y, episodes = load(args.dataset)
+    frames, y, episodes, labels, instructions = load(args.dataset, tuple(args.seeds))
     if len(frames) < 20:
         print(f"offset_probe: only {len(frames)} near-cube pick frames in {args.dataset}", file=sys.stderr)
         return 2
@@ -157,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     for checkpoint in args.checkpoint:
         probe_tokens(frames, y, ~test & ~val, val, test, checkpoint,
                      {"checkpoint": None, "none": (), "inset": (INSET_REGION,)}[args.regions])
+    for checkpoint in args.actions:
+        probe_actions(frames, y, labels, instructions, checkpoint, args.limit)
     return 0
 
 
