@@ -13,11 +13,15 @@
 #   Attempt 9 (README.md here): record_inset (the same seeds again, the sim's wrist view pasted into the
 #   frame's corner: --wrist-inset; dataset build and labels in OUT/inset) -> vision_inset (act2's tower
 #   retrained on those frames, also regressing where the hand is from each cube) -> act_inset (actions). MODEL_STAGE=act_inset evaluates it on the image it was trained on (--wrist-inset).
+#   Attempt 13: record_region (reach, pick, shaken-low and misjudged picks, --aim-error, with the wrist inset;
+#   OUT/region) -> act_region (from act2, the inset also given as an image of its own: action_regions in
+#   training/recipes/default_model_region.yaml). MODEL_STAGE=act_region evaluates it on the inset image.
 #
 #   training/recipes/default_model.sh [OUT]          # OUT defaults to runs/default_model
 #   STAGES="record build label train" training/recipes/default_model.sh /tmp/repro   # a subset
 #
-# Seeds: training demonstrations reach 0..299, pick 1000..1299 (and shaken pick 1300..1599 with SHAKEN_EPISODES); held-out recordings for the
+# Seeds: training demonstrations reach 0..299, pick 1000..1299 (and shaken pick 1300..1599 with SHAKEN_EPISODES, shaken-low
+# 1600..1899 and misjudged 1900..2499 with record_region); held-out recordings for the
 # offline Trace-of-Mark check reach/pick 6000..6009; closed-loop evaluation reach/pick 5000..5049.
 # No seed >= 5000 is ever recorded for training.
 #
@@ -178,10 +182,10 @@ $AIM_EPISODES with the wrist inset" record_region
     --episodes "$PICK_EPISODES" --seed $SHAKEN_LOW_SEED --perturb-std 0.05 --perturb-quiet-height 0.015 --wrist-inset $FD \
     --out "$R/shaken_low" > "$OUT/record_region_shaken_low.log" 2>&1 & pids+=($!); }
   for pid in "${pids[@]}"; do wait "$pid"; done
-  pids=(); aims=()
-  for i in $(seq 0 $((AIM_EPISODES / 100 - 1))); do   # three recorders at a time, 100 episodes each
+  pids=(); aims=(); batch=$((AIM_EPISODES < 100 ? AIM_EPISODES : 100))
+  for i in $(seq 0 $(((AIM_EPISODES + batch - 1) / batch - 1))); do   # three recorders at a time, 100 episodes each
     aims+=("$R/aim$i")
-    [ -d "$R/aim$i" ] || { ROS_DOMAIN_ID=$((ROS_DOMAIN_ID + 4 + i)) $MAGMA record-demos --task pick --episodes 100 \
+    [ -d "$R/aim$i" ] || { ROS_DOMAIN_ID=$((ROS_DOMAIN_ID + 4 + i)) $MAGMA record-demos --task pick --episodes $batch \
       --seed $((AIM_SEED + 100 * i)) --aim-error $AIM_ERROR --wrist-inset $FD --out "$R/aim$i" \
       > "$OUT/record_region_aim$i.log" 2>&1 & pids+=($!); }
     if [ ${#pids[@]} -ge 3 ]; then for pid in "${pids[@]}"; do wait "$pid"; done; pids=(); fi
