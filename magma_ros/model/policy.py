@@ -8,7 +8,8 @@ The policy returns token *ids*; turning them into metric actions (token = base_v
 
 Robot frames are resized to 256 x 256 (PIL bicubic, as Magma's SimplerEnv evaluation
 does) before the anyres processor for :meth:`predict_action`; ``action_frame_size=None``
-disables that.
+disables that. A checkpoint's ``action_regions`` (preprocessor_config.json) are cropped from that
+frame and given to the model as images of their own after it, one ``<image>`` each.
 """
 
 from __future__ import annotations
