@@ -1,0 +1,207 @@
+"""DAgger for the default model: the model drives, the scripted expert labels the states it reaches.
+
+    .venv/bin/python training/recipes/dagger.py DRIVER --data DATASET --task pick --seed 2600 --episodes 200 \
+        [--beta 0.5] [--driver-inset | --no-driver-inset] [--gripper-hold N]
+
+Behaviour cloning trains on the expert's own states; a policy's small errors take it to states no
+recording holds, where it has never seen the right answer (Ross et al. 2011, "A reduction of
+imitation learning ... to no-regret online learning"). Here, ROS-free (sim + model called directly,
+as ``closed_loop_trace.py``), every control step executes the model's action (or, with probability
+``--beta``, the expert's), and records the frame the policy sees with the expert's answer from
+that state as the label. The episodes are appended to DATASET (a ``magma-ros dataset build``
+output, spec sim_panda) with ids ``dagger-<task>-<seed>``, and its statistics are recomputed.
+
+Labels: the expert's command over one step period (``action[:3]`` = linear twist x period in the
+base frame, ``action[3:6]`` = angular twist x period, the rotation vector the Servo bridge
+executes; ``action[6]`` = 1 open / 0 closed), where a recording's label is the motion the hand
+made (within a few per cent of the command: attempt 13's centring slope is 3.75 mm per cm against
+the expert's gain of 4). The frame is the one the recordings store (the wrist inset in the corner,
+resized to the spec's 256 x 256); ``--no-driver-inset`` lets a model trained without the inset
+drive on the plain frame while the inset frame is recorded.
+
+The expert keeps its phase machine, watching the states the model reaches, with one change
+(:class:`FunnelExpert`): where the hand already hangs over the cube (below the hover height,
+within 2 cm across, the fingers within 0.3 rad of square) it descends from there rather than
+going back up to the hover point first, so a model that came down off-centre is shown how to
+centre on the way down; and where the model opened the fingers while the expert lifts, nothing is
+held, so it starts over instead of lifting an open hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+FUNNEL_ACROSS_M = 0.02
+FUNNEL_YAW_RAD = 0.3
+
+
+class FunnelExpert:
+    """A ScriptedExpert (pick) that starts its descent wherever the hand already hangs over the cube."""
+
+    def __init__(self, expert) -> None:  # type: ignore[no-untyped-def]
+        self.expert = expert
+
+    @property
+    def phase(self):  # type: ignore[no-untyped-def]
+        return self.expert.phase
+
+    def __call__(self, observation):  # type: ignore[no-untyped-def]
+        from magma_ros.sim.expert import Phase, grasp_yaw
+        from magma_ros.sim.tasks import TaskFamily
+        from magma_ros.sim.transforms import yaw_of
+
+        expert = self.expert
+        cube = observation.cube_poses.get(expert.task.color)
+        if expert.task.family is TaskFamily.PICK and expert.phase is Phase.APPROACH and cube is not None:
+            ee = observation.ee_pose.position
+            across = float(np.linalg.norm((ee - cube.position)[:2]))
+            height = float(ee[2] - cube.position[2])
+            heading = yaw_of(observation.ee_pose.orientation)
+            off = abs(math.remainder(heading - grasp_yaw(yaw_of(cube.orientation), heading), 2 * math.pi))
+            if across < FUNNEL_ACROSS_M and height < expert.config.hover_height and off < FUNNEL_YAW_RAD \
+                    and observation.gripper_width > 0.5 * expert.config.open_width:
+                expert._enter(Phase.DESCEND)   # the recipe steers the expert's phase machine
+        if expert.phase is Phase.LIFT and observation.gripper_width > expert.config.cube_size + 0.01:
+            expert._enter(Phase.APPROACH)   # the model let go: nothing is held, start over
+        return expert(observation)
+
+
+def label_of(action, step_period: float) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The expert's Action as a 7-DoF step label (metres and radians per step, gripper 1 open / 0 closed)."""
+    opening = 1.0 if action.gripper_width / 2.0 / 0.04 > 0.5 else 0.0
+    return np.concatenate([np.asarray(action.linear) * step_period, np.asarray(action.angular) * step_period,
+                           [opening]])
+
+
+def run_episode(backend, cell, session, family: str, seed: int, beta: float, rng, step_period: float,  # type: ignore[no-untyped-def]
+                driver_inset: bool, frame_size: int, gripper_hold: int = 0, max_steps: int = 0) -> dict:
+    """One episode with the model (and, with probability ``beta`` per step, the expert) driving; the
+    frames it saw (resized to ``frame_size``), the expert's labels, the states, and who drove."""
+    from magma_ros.codecs import GripperHysteresis
+    from magma_ros.contract import PolicyNodeParameters
+    from magma_ros.conventions import quat_to_rpy
+    from magma_ros.image_codec import resize_frame
+    from magma_ros.sim.episode import apply_policy_delta, observe
+    from magma_ros.sim.expert import ScriptedExpert
+    from magma_ros.sim.session import choose_task
+
+    task = choose_task(family, seed, "", max_steps)
+    status = session.reset(task, seed)
+    expert = FunnelExpert(ScriptedExpert(task))
+    ticks = round(step_period / cell.timestep)
+    policy = PolicyNodeParameters()
+    hysteresis = GripperHysteresis(policy.gripper_open_threshold, policy.gripper_close_threshold,
+                                   min_hold_steps=gripper_hold)
+    camera, inset = cell.camera_names[0], cell.inset_camera
+    gripper_open = True
+    frames, labels, states, stamps, who = [], [], [], [], []
+    for step in range(task.max_steps):
+        observation = observe(cell, step, task.instruction)
+        recorded = cell.render_view(camera, inset).rgb
+        label = label_of(expert(observation), step_period)
+        if rng.random() < beta:
+            command, by = label.copy(), "expert"
+            hysteresis.update(command[6])   # keep the dwell's state with what was executed
+        else:
+            seen = recorded if driver_inset else cell.render_view(camera, None).rgb
+            output = backend.act(seen, task.instruction)
+            action = np.asarray(output.action, dtype=np.float64)
+            if not (output.valid and np.all(np.isfinite(action))):
+                command, by = np.concatenate([np.zeros(6), [1.0 if gripper_open else 0.0]]), "none"
+            else:
+                command, by = action.copy(), "model"
+                command[6] = hysteresis.update(action[6])
+        ee = observation.ee_pose
+        frames.append(resize_frame(np.ascontiguousarray(recorded), frame_size))
+        labels.append(label)
+        states.append(np.concatenate([ee.position, quat_to_rpy(np.asarray(ee.orientation)),
+                                      [1.0 if gripper_open else 0.0]]))
+        stamps.append(round(observation.sim_time * 1e9))
+        who.append(by)
+        gripper_open = apply_policy_delta(cell, command, step_period, gripper_open)
+        cell.step_ticks(ticks)
+        status = session.control_step_done()
+        if status.success or session.done:
+            break
+    return {"task": task, "frames": frames, "labels": np.array(labels), "states": np.array(states),
+            "stamps": stamps, "success": bool(status.success), "model_steps": who.count("model"),
+            "expert_steps": who.count("expert")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("driver", help="the checkpoint that drives")
+    parser.add_argument("--data", type=Path, required=True, help="dataset to append the episodes to")
+    parser.add_argument("--task", choices=("reach", "pick"), default="pick")
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--beta", type=float, default=0.5, help="probability per step that the expert's action runs")
+    parser.add_argument("--driver-inset", action=argparse.BooleanOptionalAction, default=True,
+                        help="the driver sees the frame with the wrist inset (default) or the plain frame")
+    parser.add_argument("--gripper-hold", type=int, default=0)
+    parser.add_argument("--statistics", default="sim_panda")
+    parser.add_argument("--max-steps", type=int, default=0, help="step budget (0 = the task's)")
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.beta <= 1.0:
+        parser.error("--beta must be in [0, 1]")
+    if args.seed + args.episodes > 5000:
+        parser.error("seeds from 5000 up are held out for evaluation")
+
+    from magma_ros.backends import BackendError, create_backend
+    from magma_ros.contract import SimArmParameters
+    from magma_ros.sim import THIRD_PERSON_CAMERA, Workcell, WorkcellConfig, policy_cameras
+    from magma_ros.sim.render_detail import arm_urdf_for
+    from magma_ros.sim.session import EpisodeSession
+    from magma_ros.training.dataset import DatasetWriter
+    from magma_ros.training.records import DATASET_FILE
+
+    index = json.loads((args.data / DATASET_FILE).read_text())
+    writer = DatasetWriter(args.data, index["name"], image_format=index.get("image_format", "png"))
+    frame_size = int((index.get("spec") or {}).get("image", {}).get("size", 256))
+    try:
+        backend = create_backend("torch", checkpoint=args.driver, statistics=args.statistics)
+    except BackendError as err:
+        print(f"dagger: {err}", file=sys.stderr)
+        return 2
+    sim = SimArmParameters()
+    camera = dataclasses.replace(THIRD_PERSON_CAMERA, width=sim.image_width, height=sim.image_height)
+    rng = np.random.default_rng(args.seed)
+    wins = 0
+    started = time.monotonic()
+    with Workcell(WorkcellConfig(seed=args.seed, cameras=policy_cameras(camera, True),
+                                 arm_urdf=arm_urdf_for(sim.render_detail))) as cell:
+        session = EpisodeSession(cell, sim.control_period_s)
+        for k, seed in enumerate(range(args.seed, args.seed + args.episodes)):
+            episode_id = f"dagger-{args.task}-{seed}"
+            if writer.has_episode(episode_id):
+                continue
+            result = run_episode(backend, cell, session, args.task, seed, args.beta, rng, sim.control_period_s,
+                                 args.driver_inset, frame_size, args.gripper_hold, args.max_steps)
+            wins += result["success"]
+            writer.write_episode(episode_id, stamps_ns=result["stamps"], images=result["frames"],
+                                 actions=result["labels"], states=result["states"],
+                                 instructions=result["task"].instruction, source=f"dagger:{args.driver}",
+                                 metadata={"seed": seed, "task": args.task, "instruction": result["task"].instruction,
+                                           "dagger": {"driver": str(args.driver), "beta": args.beta,
+                                                      "success": result["success"],
+                                                      "model_steps": result["model_steps"],
+                                                      "expert_steps": result["expert_steps"]}})
+            print(f"[{k + 1}/{args.episodes}] seed {seed}: {'success' if result['success'] else 'failure'}, "
+                  f"{len(result['stamps'])} steps ({result['model_steps']} by the model), "
+                  f"{time.monotonic() - started:.0f} s", flush=True)
+    backend.close()
+    writer.write_statistics()
+    print(f"dagger: {args.episodes} episodes appended to {args.data}, {wins} succeeded; statistics recomputed")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
