@@ -122,17 +122,9 @@ class ExportedPolicy:
                 ) -> tuple[np.ndarray, tuple[int, int], float, float]:
         """(inputs_embeds, (rows, cols) of the image, preprocess ms, vision ms); ``regions`` of the
         (resized) image are images of their own after it, as :meth:`MagmaPolicy.prepare_inputs` does."""
-        from magma_ros.model.policy import resize_frame
-        from magma_ros.model.processor import as_rgb_array, region_crops
-
         t0 = time.perf_counter()
         ids = self.prompt_builder.encode(user_content)
-        processed = []
-        if image is not None:
-            arr = as_rgb_array(image, self.image_processor.config.do_convert_rgb)
-            if frame_size is not None:
-                arr = resize_frame(arr, frame_size)
-            processed = [self.image_processor(a) for a in (arr, *region_crops(arr, regions))]
+        processed = [] if image is None else self.image_processor.with_regions(image, frame_size, regions)
         t1 = time.perf_counter()
         features = []
         for one in processed:   # one vision call per image: the engine's crop profile is one image's

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from magma_ros.model.errors import GenerationError
-from magma_ros.model.policy import MagmaPolicy, resize_frame
-from magma_ros.model.processor import as_rgb_array, region_crops
+from magma_ros.model.policy import MagmaPolicy
 from magma_ros.model.tokenizer import EOS_TOKEN, IMAGE_TOKEN
 
 
@@ -61,10 +60,7 @@ def encode_example(policy: MagmaPolicy, example: SupervisedExample) -> EncodedEx
     targets = [*answer, end]
     pixel_values, image_sizes = None, ()
     if example.image is not None:
-        arr = as_rgb_array(example.image, policy.image_processor.config.do_convert_rgb)
-        if example.frame_size is not None:
-            arr = resize_frame(arr, example.frame_size)
-        processed = [policy.image_processor(a) for a in (arr, *region_crops(arr, example.regions))]
+        processed = policy.image_processor.with_regions(example.image, example.frame_size, example.regions)
         pixel_values = torch.cat([p.pixel_values for p in processed])
         image_sizes = tuple(p.image_size for p in processed)
     return EncodedExample(torch.tensor(prompt + targets, dtype=torch.long), pixel_values, image_sizes,

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from magma_ros.image_codec import resize_frame  # torch-free, shared with the dataset builder
 from magma_ros.model.config import PreprocessorConfig
 from magma_ros.model.errors import ConfigError, GenerationError
 from magma_ros.model.generation import (
@@ -41,8 +40,6 @@ from magma_ros.model.processor import (
     SYSTEM_MESSAGE,
     MagmaImageProcessor,
     PromptBuilder,
-    as_rgb_array,
-    region_crops,
     robot_action_query,
 )
 from magma_ros.model.tokenizer import EOS_TOKEN, IMAGE_TOKEN, ActionTokenRange, MagmaTokenizer
@@ -136,12 +133,7 @@ class MagmaPolicy:
         device = self.model.device
         t0 = time.perf_counter()
         ids = torch.tensor(self.prompt_builder.encode(user_content), dtype=torch.long)
-        processed = []
-        if image is not None:
-            arr = as_rgb_array(image, self.image_processor.config.do_convert_rgb)
-            if frame_size is not None:
-                arr = resize_frame(arr, frame_size)
-            processed = [self.image_processor(a) for a in (arr, *region_crops(arr, regions))]
+        processed = [] if image is None else self.image_processor.with_regions(image, frame_size, regions)
         t1 = time.perf_counter()
         with torch.inference_mode():
             feats = (self.model.image_features(torch.cat([p.pixel_values for p in processed]),

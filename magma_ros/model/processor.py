@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.nn.functional import interpolate
 
+from magma_ros.image_codec import resize_frame  # torch-free, shared with the dataset builder
 from magma_ros.model.config import VISION_STRIDE, PreprocessorConfig
 from magma_ros.model.errors import ImageError
 from magma_ros.model.modeling import num_image_tokens
@@ -158,6 +159,17 @@ class MagmaImageProcessor:
             x = interpolate(x[None], size=(rows * s, cols * s), mode="bilinear", align_corners=False)[0]
         crops = x.view(3, rows, s, cols, s).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, s, s)
         return ProcessedImage(pixel_values=crops.contiguous(), image_size=(rows, cols), grid=self.grid)
+
+    def with_regions(self, image: object, frame_size: int | None = None,
+                     regions: Sequence[Sequence[float]] = ()) -> list[ProcessedImage]:
+        """The images of one prompt: ``image`` (resized to ``frame_size`` squared when given), then the
+        crops of ``regions`` of that frame (:func:`region_crops`), each processed. Serving
+        (``MagmaPolicy.prepare_inputs``, the compiled backends) and training (``encode_example``) all
+        call this, so a model is trained on exactly the images it is served."""
+        arr = as_rgb_array(image, self.config.do_convert_rgb)
+        if frame_size is not None:
+            arr = resize_frame(arr, frame_size)
+        return [self(a) for a in (arr, *region_crops(arr, regions))]
 
 
 def render_chat(messages: Sequence[tuple[str, str]], add_generation_prompt: bool = True) -> str:

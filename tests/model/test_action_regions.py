@@ -101,7 +101,7 @@ def test_served_inputs_hold_the_frame_then_the_region_as_its_own_image(region_po
     prepared = policy.prepare_inputs(frame, policy.action_query("pick up the cube"),
                                      frame_size=policy.action_frame_size, regions=policy.action_regions)
     # by hand: the frame resized to 256, its region cropped from that, each processed on its own
-    from magma_ros.model.policy import resize_frame
+    from magma_ros.image_codec import resize_frame
 
     resized = resize_frame(frame, policy.action_frame_size)
     images = [policy.image_processor(a) for a in (resized, *region_crops(resized, [BOX]))]
@@ -130,7 +130,7 @@ def test_the_region_changes_the_answer_logits_only_through_its_pixels(region_pol
     outside[200:, :100] = 0   # outside the box: the crop image's tokens stay, the frame's change
     inside = frame.copy()
     inside[10:80, 180:250] = 0
-    from magma_ros.model.policy import resize_frame
+    from magma_ros.image_codec import resize_frame
 
     resized = resize_frame(frame, 256)
     frame_tokens = policy.image_processor(resized).num_tokens
@@ -151,7 +151,7 @@ def test_training_encodes_an_action_example_exactly_as_the_policy_serves_it(regi
     encoded = encode_example(policy, example)
     prompt = policy.prompt_builder.encode(policy.action_query("reach the red cube"))
     assert encoded.input_ids[:len(prompt)].tolist() == prompt
-    from magma_ros.model.policy import resize_frame
+    from magma_ros.image_codec import resize_frame
 
     resized = resize_frame(frame, 256)
     assert encoded.image_sizes == (policy.image_processor(resized).image_size,
