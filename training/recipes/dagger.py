@@ -2,6 +2,7 @@
 
     .venv/bin/python training/recipes/dagger.py DRIVER --data DATASET --task pick --seed 2600 --episodes 200 \
         [--beta 0.5] [--driver-inset | --no-driver-inset] [--gripper-hold N]
+    .venv/bin/python training/recipes/dagger.py --merge PART1 PART2 --data DATASET   # runs side by side
 
 Behaviour cloning trains on the expert's own states; a policy's small errors take it to states no
 recording holds, where it has never seen the right answer (Ross et al. 2011, "A reduction of
@@ -9,7 +10,9 @@ imitation learning ... to no-regret online learning"). Here, ROS-free (sim + mod
 as ``closed_loop_trace.py``), every control step executes the model's action (or, with probability
 ``--beta``, the expert's), and records the frame the policy sees with the expert's answer from
 that state as the label. The episodes are appended to DATASET (a ``magma-ros dataset build``
-output, spec sim_panda) with ids ``dagger-<task>-<seed>``, and its statistics are recomputed.
+output, spec sim_panda; created empty if missing) with ids ``dagger-<task>-<seed>``, and its
+statistics are recomputed. Runs side by side each write their own dataset; ``--merge`` then
+copies them into one.
 
 Labels: the expert's command over one step period (``action[:3]`` = linear twist x period in the
 base frame, ``action[3:6]`` = angular twist x period, the rotation vector the Servo bridge
@@ -136,12 +139,44 @@ def run_episode(backend, cell, session, family: str, seed: int, beta: float, rng
             "expert_steps": who.count("expert")}
 
 
+def merge(destination: Path, sources: list[Path]) -> int:
+    """Copy every episode of the ``sources`` datasets into ``destination`` (same name and image
+    format) and recompute its statistics; returns how many were copied."""
+    import shutil
+
+    from magma_ros.training.dataset import DatasetWriter, EpisodeEntry
+    from magma_ros.training.records import DATASET_FILE, DatasetError
+
+    index = json.loads((destination / DATASET_FILE).read_text())
+    writer = DatasetWriter(destination, index["name"], image_format=index.get("image_format", "png"))
+    count = 0
+    for source in sources:
+        theirs = json.loads((source / DATASET_FILE).read_text())
+        if (theirs["name"], theirs.get("image_format")) != (index["name"], index.get("image_format")):
+            raise DatasetError(f"{source}: dataset {theirs['name']!r} ({theirs.get('image_format')}) cannot join "
+                               f"{index['name']!r} ({index.get('image_format')})")
+        for data in theirs["episodes"]:
+            entry = EpisodeEntry.from_dict(data, str(source / DATASET_FILE))
+            if writer.has_episode(entry.episode_id):
+                raise DatasetError(f"{destination} already holds episode {entry.episode_id} ({source})")
+            (destination / entry.file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / entry.file, destination / entry.file)
+            writer.add_entry(entry)
+            count += 1
+    writer.write_statistics()
+    return count
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("driver", help="the checkpoint that drives")
-    parser.add_argument("--data", type=Path, required=True, help="dataset to append the episodes to")
+    parser.add_argument("driver", nargs="?", help="the checkpoint that drives")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="dataset to append the episodes to (created, empty, if missing)")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="SRC",
+                        help="instead of driving: copy the episodes of these datasets (dagger.py runs side by side, "
+                             "each into its own) into --data and recompute its statistics")
     parser.add_argument("--task", choices=("reach", "pick"), default="pick")
-    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--seed", type=int, help="the first episode's seed (required when driving)")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--beta", type=float, default=0.5, help="probability per step that the expert's action runs")
     parser.add_argument("--driver-inset", action=argparse.BooleanOptionalAction, default=True,
@@ -150,6 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--statistics", default="sim_panda")
     parser.add_argument("--max-steps", type=int, default=0, help="step budget (0 = the task's)")
     args = parser.parse_args(argv)
+    if args.merge:
+        count = merge(args.data, args.merge)
+        print(f"dagger: {count} episodes merged into {args.data}; statistics recomputed")
+        return 0
+    if not args.driver:
+        parser.error("a driver checkpoint is needed (or --merge)")
+    if args.seed is None:
+        parser.error("--seed is needed when driving")
     if not 0.0 <= args.beta <= 1.0:
         parser.error("--beta must be in [0, 1]")
     if args.seed + args.episodes > 5000:
@@ -157,15 +200,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from magma_ros.backends import BackendError, create_backend
     from magma_ros.contract import SimArmParameters
+    from magma_ros.model.policy import DEFAULT_ACTION_FRAME_SIZE
     from magma_ros.sim import THIRD_PERSON_CAMERA, Workcell, WorkcellConfig, policy_cameras
     from magma_ros.sim.render_detail import arm_urdf_for
     from magma_ros.sim.session import EpisodeSession
     from magma_ros.training.dataset import DatasetWriter
     from magma_ros.training.records import DATASET_FILE
 
+    if not (args.data / DATASET_FILE).exists():
+        DatasetWriter(args.data, args.statistics, spec={"image": {"size": DEFAULT_ACTION_FRAME_SIZE}})
     index = json.loads((args.data / DATASET_FILE).read_text())
     writer = DatasetWriter(args.data, index["name"], image_format=index.get("image_format", "png"))
-    frame_size = int((index.get("spec") or {}).get("image", {}).get("size", 256))
+    frame_size = int((index.get("spec") or {}).get("image", {}).get("size", DEFAULT_ACTION_FRAME_SIZE))
     try:
         backend = create_backend("torch", checkpoint=args.driver, statistics=args.statistics)
     except BackendError as err:
