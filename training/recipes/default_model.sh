@@ -16,6 +16,9 @@
 #   Attempt 13: record_region (reach, pick, shaken-low and misjudged picks, --aim-error, with the wrist inset;
 #   OUT/region) -> act_region (from act2, the inset also given as an image of its own: action_regions in
 #   training/recipes/default_model_region.yaml). MODEL_STAGE=act_region evaluates it on the inset image.
+#   Attempt 14: dagger1 (the misjudged picks of record_region + DAgger round 1: act2 drives, the scripted
+#   expert labels the states it reaches, training/recipes/dagger.py; OUT/dagger) -> act_dagger1 (from act2,
+#   the tower training too) -> dagger2 (act_dagger1 drives) -> act_dagger2. MODEL_STAGE=act_dagger2.
 #
 #   training/recipes/default_model.sh [OUT]          # OUT defaults to runs/default_model
 #   STAGES="record build label train" training/recipes/default_model.sh /tmp/repro   # a subset
@@ -200,6 +203,39 @@ if has act_region; then   # the wrist inset also as an image of its own (action_
   $MAGMA train --checkpoint "$OUT/act2/model" --data "$OUT/region/data" --out "$OUT/act_region" \
     --config training/recipes/default_model_region.yaml --parallel none --device cpu --no-progress
 fi
+DAGGER_EPISODES=${DAGGER_EPISODES:-100}   # per DAgger run; two runs side by side per round (README.md here, attempt 14)
+dagger_round() {   # dagger_round N DRIVER BETA FIRST_SEED EXTRA_ARGS...: two runs side by side, merged into data$N
+  local n=$1 driver=$2 beta=$3 first=$4; shift 4; local pids=() parts=()
+  for seed in $first $((first + DAGGER_EPISODES)); do
+    parts+=("$OUT/dagger/round${n}_$seed")
+    .venv/bin/python training/recipes/dagger.py "$driver" --data "$OUT/dagger/round${n}_$seed" --task pick \
+      --seed $seed --episodes "$DAGGER_EPISODES" --beta "$beta" "$@" > "$OUT/dagger${n}_$seed.log" 2>&1 & pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+  [ -f "$OUT/dagger/data$n/merged" ] || { .venv/bin/python training/recipes/dagger.py --merge "${parts[@]}" \
+    --data "$OUT/dagger/data$n" && touch "$OUT/dagger/data$n/merged"; }
+}
+if has dagger1; then   # the misjudged picks + the states act2 reaches (on the plain frame it was trained on)
+  stamp "dagger1: the misjudged picks + DAgger round 1 (act2 drives, the expert runs half the steps)" dagger1
+  [ -d "$OUT/dagger/data1" ] || $MAGMA dataset build "$OUT/region/demos"/aim* --spec config/datasets/sim_panda.yaml \
+    --out "$OUT/dagger/data1" --workers 2 --no-progress
+  dagger_round 1 "$OUT/act2/model" 0.5 2600 --no-driver-inset
+fi
+if has act_dagger1; then
+  stamp "act_dagger1: train on from act2 with training/recipes/default_model_dagger1.yaml" act_dagger1
+  $MAGMA train --checkpoint "$OUT/act2/model" --data "$OUT/dagger/data1" --out "$OUT/act_dagger1" \
+    --config training/recipes/default_model_dagger1.yaml --parallel none --device cpu --no-progress
+fi
+if has dagger2; then   # round 2: the states act_dagger1 reaches (the expert runs 3 steps in 10)
+  stamp "dagger2: DAgger round 2 (act_dagger1 drives)" dagger2
+  [ -d "$OUT/dagger/data2" ] || { cp -r "$OUT/dagger/data1" "$OUT/dagger/data2" && rm -f "$OUT/dagger/data2/merged"; }
+  dagger_round 2 "$OUT/act_dagger1/model" 0.3 2800
+fi
+if has act_dagger2; then
+  stamp "act_dagger2: train on from act_dagger1 with training/recipes/default_model_dagger2.yaml" act_dagger2
+  $MAGMA train --checkpoint "$OUT/act_dagger1/model" --data "$OUT/dagger/data2" --out "$OUT/act_dagger2" \
+    --config training/recipes/default_model_dagger2.yaml --parallel none --device cpu --no-progress
+fi
 if has act_inset; then
   stamp "act_inset: train on from vision_inset with training/recipes/default_model_inset.yaml" act_inset
   $MAGMA train --checkpoint "$OUT/vision_inset" --data "$OUT/inset/data" --out "$OUT/act_inset" \
@@ -207,7 +243,7 @@ if has act_inset; then
 fi
 MODEL="$OUT/$MODEL_STAGE/model"   # what the later stages evaluate and ship
 VIEW=--no-wrist-inset; HELD="$OUT/heldout"   # the image the model was trained on, and held-out recordings of it
-case "$MODEL_STAGE" in act_inset|act_region) VIEW=--wrist-inset; HELD="$OUT/heldout_inset" ;; esac
+case "$MODEL_STAGE" in act_inset|act_region|act_dagger*) VIEW=--wrist-inset; HELD="$OUT/heldout_inset" ;; esac
 if has heldout; then
   # held-out recordings (seeds never trained on) for the offline action and Trace-of-Mark errors
   stamp "held-out recordings + evaluate-offline" heldout
