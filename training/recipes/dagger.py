@@ -26,8 +26,8 @@ The expert keeps its phase machine, watching the states the model reaches, with 
 (:class:`FunnelExpert`): where the hand already hangs over the cube (below the hover height,
 within 2 cm across, the fingers within 0.3 rad of square) it descends from there rather than
 going back up to the hover point first, so a model that came down off-centre is shown how to
-centre on the way down; and where the model opened the fingers while the expert lifts, nothing is
-held, so it starts over instead of lifting an open hand.
+centre on the way down; after a failed grasp, or where the model opened the fingers while the
+expert lifts, it retries from where the hand is instead of flying back up to the hover point.
 """
 
 from __future__ import annotations
@@ -47,7 +47,18 @@ FUNNEL_YAW_RAD = 0.3
 
 
 class FunnelExpert:
-    """A ScriptedExpert (pick) that starts its descent wherever the hand already hangs over the cube."""
+    """A ScriptedExpert (pick) that starts its descent wherever the hand already hangs over the cube,
+    and never flies back up from there.
+
+    The scripted expert goes back to its hover point 10 cm up whenever a grasp fails (closed on
+    nothing, slipped) and, in this recipe, when the model opened the fingers while it lifted. Above
+    the cube with the fingers open, that "up fast" label sits on frames that look exactly like the
+    moment before a grasp, and a model trained on it learns to jump up where it should close
+    (attempt 14: act_dagger2 came down centred and square to 1 cm above the cube's centre, then rose
+    2.5 cm, over and over). Here, wherever the hand is over the cube (within 2 cm across, below the
+    hover height, within 0.3 rad of square), the label is the descent from there: centre, open the
+    fingers if they are shut on nothing, come down, close.
+    """
 
     def __init__(self, expert) -> None:  # type: ignore[no-untyped-def]
         self.expert = expert
@@ -56,25 +67,37 @@ class FunnelExpert:
     def phase(self):  # type: ignore[no-untyped-def]
         return self.expert.phase
 
-    def __call__(self, observation):  # type: ignore[no-untyped-def]
-        from magma_ros.sim.expert import Phase, grasp_yaw
+    def _over_cube(self, observation) -> bool:  # type: ignore[no-untyped-def]
+        from magma_ros.sim.expert import grasp_yaw
         from magma_ros.sim.tasks import TaskFamily
         from magma_ros.sim.transforms import yaw_of
 
+        cube = observation.cube_poses.get(self.expert.task.color)
+        if self.expert.task.family is not TaskFamily.PICK or cube is None:
+            return False
+        ee = observation.ee_pose.position
+        across = float(np.linalg.norm((ee - cube.position)[:2]))
+        height = float(ee[2] - cube.position[2])
+        heading = yaw_of(observation.ee_pose.orientation)
+        off = abs(math.remainder(heading - grasp_yaw(yaw_of(cube.orientation), heading), 2 * math.pi))
+        return across < FUNNEL_ACROSS_M and height < self.expert.config.hover_height and off < FUNNEL_YAW_RAD
+
+    def __call__(self, observation):  # type: ignore[no-untyped-def]
+        from magma_ros.sim.episode import Action
+        from magma_ros.sim.expert import Phase
+
         expert = self.expert
-        cube = observation.cube_poses.get(expert.task.color)
-        if expert.task.family is TaskFamily.PICK and expert.phase is Phase.APPROACH and cube is not None:
-            ee = observation.ee_pose.position
-            across = float(np.linalg.norm((ee - cube.position)[:2]))
-            height = float(ee[2] - cube.position[2])
-            heading = yaw_of(observation.ee_pose.orientation)
-            off = abs(math.remainder(heading - grasp_yaw(yaw_of(cube.orientation), heading), 2 * math.pi))
-            if across < FUNNEL_ACROSS_M and height < expert.config.hover_height and off < FUNNEL_YAW_RAD \
-                    and observation.gripper_width > 0.5 * expert.config.open_width:
-                expert._enter(Phase.DESCEND)   # the recipe steers the expert's phase machine
         if expert.phase is Phase.LIFT and observation.gripper_width > expert.config.cube_size + 0.01:
             expert._enter(Phase.APPROACH)   # the model let go: nothing is held, start over
-        return expert(observation)
+        if expert.phase is Phase.APPROACH and self._over_cube(observation):
+            expert._enter(Phase.DESCEND)   # the recipe steers the expert's phase machine
+        action = expert(observation)
+        if expert.phase is Phase.APPROACH and self._over_cube(observation):   # a failed grasp: retry from here
+            expert._enter(Phase.DESCEND)
+            if observation.gripper_width < 0.5 * expert.config.cube_size:   # shut on nothing: open first
+                return Action.create(np.zeros(3), np.zeros(3), expert.config.open_width)
+            action = expert(observation)
+        return action
 
 
 def label_of(action, step_period: float) -> np.ndarray:  # type: ignore[no-untyped-def]
