@@ -18,7 +18,8 @@
 #   training/recipes/default_model_region.yaml). MODEL_STAGE=act_region evaluates it on the inset image.
 #   Attempt 14: dagger1 (the misjudged picks of record_region + DAgger round 1: act2 drives, the scripted
 #   expert labels the states it reaches, training/recipes/dagger.py; OUT/dagger) -> act_dagger1 (from act2,
-#   the tower training too) -> dagger2 (act_dagger1 drives) -> act_dagger2. MODEL_STAGE=act_dagger2.
+#   the tower training too) -> dagger2 (act_dagger1 drives) -> act_dagger2 -> dagger3 (act_dagger2 drives; the
+#   misjudged picks + this round only) -> act_dagger3 (pick 36/50 through ROS). MODEL_STAGE=act_dagger3.
 #
 #   training/recipes/default_model.sh [OUT]          # OUT defaults to runs/default_model
 #   STAGES="record build label train" training/recipes/default_model.sh /tmp/repro   # a subset
@@ -217,8 +218,9 @@ dagger_round() {   # dagger_round N DRIVER BETA FIRST_SEED EXTRA_ARGS...: two ru
 }
 if has dagger1; then   # the misjudged picks + the states act2 reaches (on the plain frame it was trained on)
   stamp "dagger1: the misjudged picks + DAgger round 1 (act2 drives, the expert runs half the steps)" dagger1
-  [ -d "$OUT/dagger/data1" ] || $MAGMA dataset build "$OUT/region/demos"/aim* --spec config/datasets/sim_panda.yaml \
-    --out "$OUT/dagger/data1" --workers 2 --no-progress
+  [ -d "$OUT/dagger/aims" ] || $MAGMA dataset build "$OUT/region/demos"/aim* --spec config/datasets/sim_panda.yaml \
+    --out "$OUT/dagger/aims" --workers 2 --no-progress
+  [ -d "$OUT/dagger/data1" ] || cp -r "$OUT/dagger/aims" "$OUT/dagger/data1"
   dagger_round 1 "$OUT/act2/model" 0.5 2600 --no-driver-inset
 fi
 if has act_dagger1; then
@@ -234,6 +236,16 @@ fi
 if has act_dagger2; then
   stamp "act_dagger2: train on from act_dagger1 with training/recipes/default_model_dagger2.yaml" act_dagger2
   $MAGMA train --checkpoint "$OUT/act_dagger1/model" --data "$OUT/dagger/data2" --out "$OUT/act_dagger2" \
+    --config training/recipes/default_model_dagger2.yaml --parallel none --device cpu --no-progress
+fi
+if has dagger3; then   # round 3: the states act_dagger2 reaches, on the misjudged picks alone (no earlier round)
+  stamp "dagger3: DAgger round 3 (act_dagger2 drives)" dagger3
+  [ -d "$OUT/dagger/data3" ] || cp -r "$OUT/dagger/aims" "$OUT/dagger/data3"
+  dagger_round 3 "$OUT/act_dagger2/model" 0.3 3000
+fi
+if has act_dagger3; then   # attempt 14's V3: pick 36/50 through ROS (not shipped: reach and Trace-of-Mark not kept)
+  stamp "act_dagger3: train on from act_dagger2 with training/recipes/default_model_dagger2.yaml" act_dagger3
+  $MAGMA train --checkpoint "$OUT/act_dagger2/model" --data "$OUT/dagger/data3" --out "$OUT/act_dagger3" \
     --config training/recipes/default_model_dagger2.yaml --parallel none --device cpu --no-progress
 fi
 if has act_inset; then
