@@ -102,9 +102,11 @@ class FunnelExpert:
 
 def label_of(action, step_period: float) -> np.ndarray:  # type: ignore[no-untyped-def]
     """The expert's Action as a 7-DoF step label (metres and radians per step, gripper 1 open / 0 closed)."""
-    opening = 1.0 if action.gripper_width / 2.0 / 0.04 > 0.5 else 0.0
-    return np.concatenate([np.asarray(action.linear) * step_period, np.asarray(action.angular) * step_period,
-                           [opening]])
+    from magma_ros.conventions import gripper_command
+    from magma_ros.sim.expert import ExpertConfig
+
+    twist = action.as_vector()[:6]
+    return np.concatenate([twist * step_period, [gripper_command(action.gripper_width / ExpertConfig().open_width)]])
 
 
 def run_episode(backend, cell, session, family: str, seed: int, beta: float, rng, step_period: float,  # type: ignore[no-untyped-def]
