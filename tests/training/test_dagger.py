@@ -128,3 +128,20 @@ def test_the_expert_descends_from_over_the_cube_and_retries_there(recipe: dict) 
     expert.expert._enter(Phase.LIFT)
     action = expert(_observation((0.5, 0.0, 0.06), 0.055))
     assert expert.phase is Phase.LIFT and action.gripper_width == 0.0 and action.linear[2] > 0
+
+
+def test_runs_side_by_side_merge_into_one_dataset(recipe: dict, dataset: Path, tmp_path: Path, capsys) -> None:
+    from magma_ros.training.records import DatasetError
+
+    parts = [tmp_path / "part1", tmp_path / "part2"]   # missing: each run creates its own
+    for seed, part in zip((4980, 4981), parts, strict=True):
+        assert recipe["main"]([_checkpoint(), "--data", str(part), "--task", "reach", "--seed", str(seed),
+                               "--episodes", "1", "--beta", "1", "--max-steps", "6"]) == 0
+    assert recipe["main"](["--merge", *map(str, parts), "--data", str(dataset)]) == 0
+    assert "2 episodes merged" in capsys.readouterr().out
+    index = json.loads((dataset / "dataset.json").read_text())
+    assert [e["id"] for e in index["episodes"]] == ["dagger-reach-4980", "dagger-reach-4981"]
+    assert all((dataset / e["file"]).is_file() and e["steps"] == 6 for e in index["episodes"])
+    assert "sim_panda" in json.loads((dataset / "dataset_statistics.json").read_text())
+    with pytest.raises(DatasetError, match="already holds episode dagger-reach-4980"):
+        recipe["merge"](dataset, parts[:1])
