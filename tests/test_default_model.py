@@ -122,6 +122,22 @@ def test_ship_default_ships_another_run_and_appends_notes(recipe_run: Path, tmp_
     card = (dest / "README.md").read_text()
     assert "steps: 99" in card and "## Limitations" in card and "- reach only" in card
     assert card.index("## Limitations") < card.index("## Files")
+    assert "DAgger" not in card and "pick seeds 1000..1299" in card
+
+
+def test_ship_default_describes_the_final_stage_and_its_dataset(recipe_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    ship = runpy.run_path(str(RECIPES / "ship_default.py"))["main"]
+    shutil.copytree(recipe_run / "run", recipe_run / "final", dirs_exist_ok=True)
+    (recipe_run / "dagger" / "data5").mkdir(parents=True)
+    (recipe_run / "dagger" / "data5" / "dataset.json").write_text(
+        json.dumps({"episodes": [{"id": "e0", "steps": 20}, {"id": "e1", "steps": 22}]}))
+    dest = tmp_path / "shipped"
+    assert ship([str(recipe_run), "--run", "final", "--dest", str(dest)]) == 0
+    card = (dest / "README.md").read_text()
+    assert "DAgger round 3" in card and "seeds 3000..3199" in card and "statistics_from: checkpoint" in card
+    assert "2 episodes, 42 steps" in card
 
 
 def test_shipped_evaluation_missing_or_broken_is_none(tmp_path: Path) -> None:

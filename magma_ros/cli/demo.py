@@ -27,9 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bringup", default="config/bringup/sim.yaml", help="bringup description to run")
     parser.add_argument("--checkpoint", default="", help="checkpoint directory ('' = the embedded default)")
     parser.add_argument("--episodes", type=int, default=3, help="episodes per task")
-    parser.add_argument("--max-steps", type=int, default=30,
-                        help="step budget per episode (10 Hz steps; 0 = the task's default: 80 reach, 150 pick; "
-                             "the expert needs ~20 for reach, ~40 for pick)")
+    parser.add_argument("--max-steps", type=int, default=0,
+                        help="step budget per episode (10 Hz steps; 0, the default = the task's own: 80 reach, "
+                             "150 pick, what `magma-ros evaluate` gives; the expert needs ~20 for reach, ~40 for pick)")
     parser.add_argument("--seed", type=int, default=DEMO_SEED, help="first seed (5000 and up: held out from training)")
     parser.add_argument("--out", default=DEFAULT_OUT, help="where the summary, plot and animation go")
     parser.set_defaults(func=run)

@@ -145,3 +145,12 @@ def test_runs_side_by_side_merge_into_one_dataset(recipe: dict, dataset: Path, t
     assert "sim_panda" in json.loads((dataset / "dataset_statistics.json").read_text())
     with pytest.raises(DatasetError, match="already holds episode dagger-reach-4980"):
         recipe["merge"](dataset, parts[:1])
+    # a built dataset's episodes of one task, under ids of their own (the recipe's final stage)
+    assert recipe["merge"](dataset, parts, "pick") == 0
+    assert recipe["main"](["--merge", str(parts[0]), "--only", "reach", "--id-prefix", "again_",
+                           "--data", str(dataset)]) == 0
+    index = json.loads((dataset / "dataset.json").read_text())
+    assert [e["id"] for e in index["episodes"]] == ["dagger-reach-4980", "dagger-reach-4981", "again_dagger-reach-4980"]
+    copied = index["episodes"][-1]
+    assert copied["file"].endswith("again_dagger-reach-4980.parquet") and (dataset / copied["file"]).is_file()
+    assert (dataset / copied["file"]).read_bytes() == (dataset / index["episodes"][0]["file"]).read_bytes()

@@ -3,6 +3,7 @@
     .venv/bin/python training/recipes/dagger.py DRIVER --data DATASET --task pick --seed 2600 --episodes 200 \
         [--beta 0.5] [--driver-inset | --no-driver-inset] [--gripper-hold N]
     .venv/bin/python training/recipes/dagger.py --merge PART1 PART2 --data DATASET   # runs side by side
+    .venv/bin/python training/recipes/dagger.py --merge BUILT --only reach --id-prefix reach_ --data DATASET
 
 Behaviour cloning trains on the expert's own states; a policy's small errors take it to states no
 recording holds, where it has never seen the right answer (Ross et al. 2011, "A reduction of
@@ -164,9 +165,11 @@ def run_episode(backend, cell, session, family: str, seed: int, beta: float, rng
             "expert_steps": who.count("expert")}
 
 
-def merge(destination: Path, sources: list[Path]) -> int:
-    """Copy every episode of the ``sources`` datasets into ``destination`` (same name and image
-    format) and recompute its statistics; returns how many were copied."""
+def merge(destination: Path, sources: list[Path], task: str | None = None, id_prefix: str = "") -> int:
+    """Copy every episode of the ``sources`` datasets (only those of ``task`` when given) into
+    ``destination`` (same name and image format), their ids and files prefixed with ``id_prefix``,
+    and recompute its statistics; returns how many were copied."""
+    import dataclasses
     import shutil
 
     from magma_ros.training.dataset import DatasetWriter, EpisodeEntry
@@ -182,10 +185,17 @@ def merge(destination: Path, sources: list[Path]) -> int:
                                f"{index['name']!r} ({index.get('image_format')})")
         for data in theirs["episodes"]:
             entry = EpisodeEntry.from_dict(data, str(source / DATASET_FILE))
+            if task is not None and entry.metadata.get("task") != task:
+                continue
+            theirs_file = entry.file
+            if id_prefix:
+                entry = dataclasses.replace(entry, episode_id=id_prefix + entry.episode_id,
+                                            file=str(Path(theirs_file).with_name(id_prefix + Path(theirs_file).name)))
             if writer.has_episode(entry.episode_id):
-                raise DatasetError(f"{destination} already holds episode {entry.episode_id} ({source})")
+                raise DatasetError(f"{destination} already holds episode {entry.episode_id} ({source}); "
+                                   "--id-prefix gives the copies ids of their own")
             (destination / entry.file).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source / entry.file, destination / entry.file)
+            shutil.copy2(source / theirs_file, destination / entry.file)
             writer.add_entry(entry)
             count += 1
     writer.write_statistics()
@@ -200,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", nargs="+", type=Path, metavar="SRC",
                         help="instead of driving: copy the episodes of these datasets (dagger.py runs side by side, "
                              "each into its own) into --data and recompute its statistics")
+    parser.add_argument("--only", choices=("reach", "pick"), help="--merge: copy only this task's episodes")
+    parser.add_argument("--id-prefix", default="", help="--merge: prefix the copied episodes' ids (and files) with "
+                                                         "this, where the sources' ids clash with the dataset's")
     parser.add_argument("--task", choices=("reach", "pick"), default="pick")
     parser.add_argument("--seed", type=int, help="the first episode's seed (required when driving)")
     parser.add_argument("--episodes", type=int, default=100)
@@ -211,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=0, help="step budget (0 = the task's)")
     args = parser.parse_args(argv)
     if args.merge:
-        count = merge(args.data, args.merge)
+        count = merge(args.data, args.merge, args.only, args.id_prefix)
         print(f"dagger: {count} episodes merged into {args.data}; statistics recomputed")
         return 0
     if not args.driver:

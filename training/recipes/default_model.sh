@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Build the default model (shipped to checkpoints/magma-tiny by the `ship` stage) end to end from
 # nothing, with the training package's commands only. Status and measured results: README.md here
-# (attempt 7 is the shipped default). Stages:
+# (attempt 15 is the shipped default). Stages:
 #   record (scripted expert, seeds < 5000) -> dataset build -> label-traces (the policy node's grid of
 #   marks) -> vision (the vision tower learns where the cubes and the TCP are: pretrain_vision.py) ->
 #   train, polish (actions) -> tom1..tom3 (Trace-of-Mark answers, then actions again) -> vision2 (the
 #   tower also learns the TCP height, the gripper opening and the grasp yaw, from tom3's checkpoint) ->
-#   act2 (actions and Trace-of-Mark again over the new tower: the shipped default) -> evaluate.
+#   act2 (actions and Trace-of-Mark again over the new tower: attempt 7's default) -> evaluate.
 #   Attempt 8's experiment, not shipped (reach 42/50 through ROS against act2's 47, pick still 0):
 #   SHAKEN_EPISODES=300 adds shaken pick recordings (--perturb-std) to the data, and the stage act3
 #   trains on from act2 (STAGES="... act2 act3", MODEL_STAGE=act3 to evaluate and ship it instead).
@@ -20,6 +20,9 @@
 #   expert labels the states it reaches, training/recipes/dagger.py; OUT/dagger) -> act_dagger1 (from act2,
 #   the tower training too) -> dagger2 (act_dagger1 drives) -> act_dagger2 -> dagger3 (act_dagger2 drives; the
 #   misjudged picks + this round only) -> act_dagger3 (pick 36/50 through ROS). MODEL_STAGE=act_dagger3.
+#   Attempt 15, shipped: mix (act_dagger3 trained on with region's reach recordings and Trace-of-Mark batches
+#   back in the data: OUT/dagger/data4) -> final (mix's data with the reach episodes three times over:
+#   OUT/dagger/data5). The default STAGES run all of it; MODEL_STAGE=final evaluates and ships it.
 #
 #   training/recipes/default_model.sh [OUT]          # OUT defaults to runs/default_model
 #   STAGES="record build label train" training/recipes/default_model.sh /tmp/repro   # a subset
@@ -43,8 +46,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-runs/default_model}
-STAGES=${STAGES:-"record build label vision train polish tom1 tom2 tom3 vision2 act2 heldout evaluate realtime ship"}
-MODEL_STAGE=${MODEL_STAGE:-act2}   # the stage whose model is evaluated and shipped
+STAGES=${STAGES:-"record build label vision train polish tom1 tom2 tom3 vision2 act2 record_region dagger1 act_dagger1 \
+dagger2 act_dagger2 dagger3 act_dagger3 mix final heldout evaluate realtime ship"}
+MODEL_STAGE=${MODEL_STAGE:-final}   # the stage whose model is evaluated and shipped (attempt 7 shipped act2)
 MAGMA=${MAGMA:-.venv/bin/magma-ros}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 PYTHONHASHSEED=0
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((100 + RANDOM % 100))}
@@ -248,6 +252,26 @@ if has act_dagger3; then   # attempt 14's V3: pick 36/50 through ROS (not shippe
   $MAGMA train --checkpoint "$OUT/act_dagger2/model" --data "$OUT/dagger/data3" --out "$OUT/act_dagger3" \
     --config training/recipes/default_model_dagger2.yaml --parallel none --device cpu --no-progress
 fi
+if has mix; then   # README.md here, attempt 15: act_dagger3 + the reach recordings and Trace-of-Mark batches again
+  stamp "mix: train on from act_dagger3 with training/recipes/default_model_final.yaml (+ reach, + ToM)" mix
+  D4="$OUT/dagger/data4"
+  [ -d "$D4" ] || { rm -rf "$D4.tmp" && cp -r "$OUT/dagger/data3" "$D4.tmp" && rm -f "$D4.tmp/merged" && \
+    .venv/bin/python training/recipes/dagger.py --merge "$OUT/region/data" --only reach --id-prefix reach_ \
+      --data "$D4.tmp" && mv "$D4.tmp" "$D4"; }
+  $MAGMA dataset label-traces "$D4" --window 9 --stride 8 --seed 0 --marks grid --no-progress --preview 4
+  $MAGMA train --checkpoint "$OUT/act_dagger3/model" --data "$D4" --out "$OUT/mix" \
+    --config training/recipes/default_model_final.yaml --parallel none --device cpu --no-progress
+fi
+if has final; then   # attempt 15, shipped: mix's data with the reach episodes three times over, half the steps
+  stamp "final: train on from mix with training/recipes/default_model_final2.yaml (reach x3)" final
+  D5="$OUT/dagger/data5"
+  [ -d "$D5" ] || { rm -rf "$D5.tmp" && cp -r "$OUT/dagger/data4" "$D5.tmp" && for prefix in reach2_ reach3_; do \
+    .venv/bin/python training/recipes/dagger.py --merge "$OUT/region/data" --only reach --id-prefix $prefix \
+      --data "$D5.tmp" || exit 1; done && mv "$D5.tmp" "$D5"; }
+  $MAGMA dataset label-traces "$D5" --window 9 --stride 8 --seed 0 --marks grid --no-progress
+  $MAGMA train --checkpoint "$OUT/mix/model" --data "$D5" --out "$OUT/final" \
+    --config training/recipes/default_model_final2.yaml --parallel none --device cpu --no-progress
+fi
 if has act_inset; then
   stamp "act_inset: train on from vision_inset with training/recipes/default_model_inset.yaml" act_inset
   $MAGMA train --checkpoint "$OUT/vision_inset" --data "$OUT/inset/data" --out "$OUT/act_inset" \
@@ -255,7 +279,7 @@ if has act_inset; then
 fi
 MODEL="$OUT/$MODEL_STAGE/model"   # what the later stages evaluate and ship
 VIEW=--no-wrist-inset; HELD="$OUT/heldout"   # the image the model was trained on, and held-out recordings of it
-case "$MODEL_STAGE" in act_inset|act_region|act_dagger*) VIEW=--wrist-inset; HELD="$OUT/heldout_inset" ;; esac
+case "$MODEL_STAGE" in act_inset|act_region|act_dagger*|mix|final) VIEW=--wrist-inset; HELD="$OUT/heldout_inset" ;; esac
 if has heldout; then
   # held-out recordings (seeds never trained on) for the offline action and Trace-of-Mark errors
   stamp "held-out recordings + evaluate-offline" heldout

@@ -24,6 +24,57 @@ MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_
                "special_tokens_map.json", "preprocessor_config.json", "dataset_statistics.json")
 MAX_WEIGHTS_BYTES = 20 * 1024 * 1024
 
+# What the model card says about the data and training of each run ship_default.py can ship
+# (the stages of training/recipes/default_model.sh; README.md here has each attempt).
+DATA = {
+    "act2": ["- Recorded with `magma-ros record-demos` (scripted expert through the ROS stack, rosbag2/mcap): "
+             "reach seeds 0..299, pick seeds 1000..1299 (cube layouts and target colours by seed). No seed >= 5000 "
+             "was recorded for training."],
+    "final": ["- Recorded with `magma-ros record-demos --wrist-inset` (scripted expert through the ROS stack, "
+              "rosbag2/mcap; the wrist camera's view pasted into the frame's top-right corner): reach seeds 0..299 "
+              "and misjudged picks 1900..2499 (`--aim-error 0.025`: the expert aims up to 2.5 cm off the cube, "
+              "then centres its hand on the way down).",
+              "- DAgger round 3 (`training/recipes/dagger.py`, seeds 3000..3199): the previous stage's model drives "
+              "(the expert's action runs 3 steps in 10), the scripted expert labels every state it reaches.",
+              "- Earlier stages trained on reach 0..299 and pick 1000..1299 without the inset, and on DAgger rounds "
+              "1-2 (seeds 2600..2999). No seed >= 5000 was recorded for training.",
+              "- The last stage's dataset (below) holds the 300 reach episodes three times (ids `reach_*`, "
+              "`reach2_*`, `reach3_*`), so that reach is about a third of the action examples."],
+}
+DESCRIPTION = {
+    "act2": "magma-tiny-sim256 (1.2 M parameters) trained on scripted-expert demonstrations of this simulated "
+            "workcell (training/recipes/default_model.sh)",
+    "final": "magma-tiny-sim256 (1.2 M parameters) trained on scripted-expert demonstrations and DAgger rounds in "
+             "this simulated workcell, on frames with the wrist camera's view in the corner (sim wrist_inset: true; "
+             "training/recipes/default_model.sh, stage final)",
+}
+DATASET_DIR = {"final": "dagger/data5"}   # the dataset a run trained on, under RUN_OUT (default: data)
+TRAINING_BASE = [
+    "Stages on CPU, one thread each (OMP_NUM_THREADS=1), seed 0. First `training/recipes/"
+    "pretrain_vision.py --variant magma-tiny-sim256 --global-weight 8 --steps 3000`: the vision tower and "
+    "projector learn where the three cubes and the TCP are (labels from the recorded frames and states); "
+    "then, with both frozen, `magma-ros train --checkpoint <vision stage> --config "
+    "training/recipes/default_model.yaml` trains the language model on the actions, the `polish` stage "
+    "continues with `training/recipes/default_model_polish.yaml`, and stages `tom1`..`tom3` "
+    "(`default_model_tom{1,2,3}.yaml`) teach it the Trace-of-Mark answer and then sharpen the actions "
+    "again; `vision2` (`pretrain_vision.py --init <tom3> --state-weight 4 --yaw-weight 4 --steps 1500`) "
+    "teaches the tower three more targets (TCP height, gripper opening, grasp yaw) beside the places, and "
+    "`act2` (`default_model_act2.yaml`) trains actions and Trace-of-Mark over it.",
+]
+TRAINING = {
+    "final": [
+        "",
+        "Then, with the wrist inset in the frame and also given as an image of its own (`action_regions`), "
+        "the tower training too: `act_dagger1` (`default_model_dagger1.yaml`, the misjudged picks + DAgger "
+        "round 1, act2 driving), `act_dagger2` (`default_model_dagger2.yaml`, + round 2), `act_dagger3` (the "
+        "same recipe on the misjudged picks + round 3 only), `mix` (`default_model_final.yaml`): act_dagger3 "
+        "trained on with the reach recordings and Trace-of-Mark batches back in the data, its action statistics "
+        "kept (`statistics_from: checkpoint`), and `final` (`default_model_final2.yaml`): mix trained on with "
+        "the reach episodes three times over in the data.",
+        "",
+    ],
+}
+
 
 def _load(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
@@ -76,15 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     truth = _load(args.run_out / "tom_sim_truth" / "summary.json")
     if truth and (args.run_out / "tom_sim_truth" / "traces.png").is_file():
         shutil.copy2(args.run_out / "tom_sim_truth" / "traces.png", args.dest / "traces.png")
-    dataset = _load(args.run_out / "data" / "dataset.json") or {}
+    dataset = _load(args.run_out / DATASET_DIR.get(args.run, "data") / "dataset.json") or {}
     config = (run / "train_config.yaml").read_text()
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
     evals = [m for m in metrics if m.get("kind") == "eval"]
     trains = [m for m in metrics if m.get("kind") == "train"]
     timings = (args.run_out / "timings.txt").read_text().strip() if (args.run_out / "timings.txt").is_file() else ""
 
-    description = ("magma-tiny-sim256 (1.2 M parameters) trained on scripted-expert demonstrations "
-                   "of this simulated workcell (training/recipes/default_model.sh)")
+    description = DESCRIPTION.get(args.run, DESCRIPTION["act2"])
     evaluation: dict[str, Any] = {"description": description}
     def rows(summary: dict) -> dict[str, Any]:
         return {"seeds": _seeds(summary), "mode": summary.get("mode"),
@@ -127,9 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Data",
         "",
-        "- Recorded with `magma-ros record-demos` (scripted expert through the ROS stack, rosbag2/mcap): "
-        "reach seeds 0..299, pick seeds 1000..1299 (cube layouts and target colours by seed). No seed >= 5000 "
-        "was recorded for training.",
+        *DATA.get(args.run, DATA["act2"]),
         f"- Built with `magma-ros dataset build --spec config/datasets/sim_panda.yaml`: {len(episodes)} episodes, "
         f"{steps} steps at 10 Hz, 256x256 frames; `dataset_statistics.json` under the name `sim_panda`.",
         "- Trace-of-Mark labels: `magma-ros dataset label-traces --window 9 --stride 8 --seed 0 --marks grid` "
@@ -138,17 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Training",
         "",
-        "Stages on CPU, one thread each (OMP_NUM_THREADS=1), seed 0. First `training/recipes/"
-        "pretrain_vision.py --variant magma-tiny-sim256 --global-weight 8 --steps 3000`: the vision tower and "
-        "projector learn where the three cubes and the TCP are (labels from the recorded frames and states); "
-        "then, with both frozen, `magma-ros train --checkpoint <vision stage> --config "
-        "training/recipes/default_model.yaml` trains the language model on the actions, the `polish` stage "
-        "continues with `training/recipes/default_model_polish.yaml`, and stages `tom1`..`tom3` "
-        "(`default_model_tom{1,2,3}.yaml`) teach it the Trace-of-Mark answer and then sharpen the actions "
-        "again; `vision2` (`pretrain_vision.py --init <tom3> --state-weight 4 --yaw-weight 4 --steps 1500`) "
-        "teaches the tower three more targets (TCP height, gripper opening, grasp yaw) beside the places, and "
-        "`act2` (`default_model_act2.yaml`) trains actions and Trace-of-Mark over it. The configuration "
-        f"of the shipped run (`{args.run}`):",
+        *TRAINING_BASE,
+        *TRAINING.get(args.run, []),
+        f"The configuration of the shipped run (`{args.run}`):",
         "",
         "```yaml",
         config.strip(),
