@@ -127,6 +127,24 @@ def load_bringup(path: str | Path) -> Bringup:
     return Bringup(source, str(data.get("description", "")), tuple(nodes))
 
 
+SIM_BRINGUP = "config/bringup/sim.yaml"
+"""The simulated workcell's bringup (`magma-ros demo` and `evaluate` run it)."""
+
+
+def node_parameters(bringup: Bringup | str | Path, executable: str, kind: type) -> Any:
+    """The parameter dataclass ``kind`` (e.g. ``contract.SimArmParameters``) holding the values a
+    bringup gives one of its nodes (its files, then its overrides) over the dataclass's defaults:
+    what that node runs with. ROS-free tools (``closed_loop_trace.py``, ``tom_sim_truth.py``, the
+    closed-loop bench) use it to see the frames the sim node publishes."""
+    if not isinstance(bringup, Bringup):
+        bringup = load_bringup(bringup)
+    node = next((n for n in bringup.nodes if n.executable == executable), None)
+    if node is None:
+        raise BringupError(f"{bringup.source}: no {executable} node")
+    names = {f.name for f in dataclasses.fields(kind)}
+    return kind(**{k: v for k, v in node.parameter_values().items() if k in names})
+
+
 def check_dataset_spec(spec_file: Path, nodes: list[NodeLaunch], where: str) -> None:
     """Refuse a bringup whose policy node or Servo bridge disagrees with the dataset spec it names
     (``dataset_spec:``): statistics name, step period, frames, camera, gripper (training.spec.check_serving)."""

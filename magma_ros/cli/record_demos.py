@@ -33,8 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--wrist-camera", action="store_true", help="also record the wrist camera")
     parser.add_argument("--wrist-inset", action=argparse.BooleanOptionalAction, default=None,
                         help="paste the wrist camera's view into the camera image's top-right corner (the sim's "
-                             "wrist_inset parameter; default: the sim's default). A model trained on these frames "
-                             "needs them: evaluate it with the same setting")
+                             "wrist_inset parameter; default: config/sim_arm.yaml's, as `magma-ros evaluate` runs "
+                             "it). A model trained on these frames needs them: evaluate it with the same setting")
     parser.add_argument("--perturb-std", type=float, default=0.0, metavar="M_PER_S",
                         help="shake the expert's hand: zero-mean noise of this std (m/s, per axis) on its twist while "
                              "it approaches and descends (none in the last --perturb-quiet-height above a pick's "
@@ -62,6 +62,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--keep-failures", action=argparse.BooleanOptionalAction, default=True,
                         help="keep the bags of episodes the expert failed (marked success: false)")
     parser.set_defaults(func=run)
+
+
+def sim_wrist_inset() -> bool:
+    """The sim bringup's wrist_inset (config/sim_arm.yaml): record the frames `magma-ros evaluate` shows."""
+    from magma_ros.bringup import SIM_BRINGUP, node_parameters
+    from magma_ros.contract import SimArmParameters
+
+    return bool(node_parameters(SIM_BRINGUP, "sim_arm_node", SimArmParameters).wrist_inset)
 
 
 def _fail(message: str) -> int:
@@ -134,7 +142,7 @@ def _record(args: argparse.Namespace, out: Path, bags: list[Path]) -> int:
     sim_parameters = {"mode": "synchronous", "autostart_episode": False, "start_paused": True, "continuous": False,
                       "task": args.task, "seed": args.seed, "max_steps": args.max_steps,
                       "wrist_camera": args.wrist_camera, "sync_timeout_s": 2.0,
-                      **({} if args.wrist_inset is None else {"wrist_inset": args.wrist_inset}),
+                      "wrist_inset": sim_wrist_inset() if args.wrist_inset is None else args.wrist_inset,
                       # the expert answers each observation with one twist (after a gripper command, on change):
                       # the step runs as soon as that twist is in, no wall-clock wait
                       "sync_answer_end": "first_twist"}

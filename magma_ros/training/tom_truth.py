@@ -77,14 +77,25 @@ the policy node's grid of marks), each mark followed exactly (its own point: ``m
 DATASET_FRAME_SIZE = 256
 """The frame size the dataset builder stores (config/datasets/sim_panda.yaml ``image.size``)."""
 
-_SIM_DEFAULTS = SimArmParameters()
+def _sim_defaults() -> SimArmParameters:
+    """sim_arm_node's parameters in the sim bringup (config/sim_arm.yaml: what `magma-ros evaluate`
+    runs); the contract's defaults where the package's config files are not at hand."""
+    from magma_ros.bringup import SIM_BRINGUP, BringupError, node_parameters
+
+    try:
+        return node_parameters(SIM_BRINGUP, "sim_arm_node", SimArmParameters)
+    except BringupError:
+        return SimArmParameters()
+
+
+_SIM_DEFAULTS = _sim_defaults()
 POLICY_CAMERA = dataclasses.replace(THIRD_PERSON_CAMERA, width=_SIM_DEFAULTS.image_width,
                                     height=_SIM_DEFAULTS.image_height)
 """The third-person camera at the size the policy sees it (sim_arm_node's image_width x image_height)."""
 POLICY_RENDER_DETAIL = _SIM_DEFAULTS.render_detail
 """How the arm is drawn in the frames the policy sees (sim_arm_node's render_detail)."""
 POLICY_WRIST_INSET = _SIM_DEFAULTS.wrist_inset
-"""Whether the frames the policy sees carry the wrist inset (sim_arm_node's wrist_inset)."""
+"""Whether the frames the policy sees carry the wrist inset (sim_arm_node's wrist_inset in the sim bringup)."""
 
 
 def truth_point_tracks(truth: GroundTruthTracks) -> PointTracks:

@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--statistics", default="sim_panda", help="action statistics (the checkpoint's own first)")
     parser.add_argument("--verbose", action="store_true", help="print every step")
     parser.add_argument("--wrist-inset", action=argparse.BooleanOptionalAction, default=None,
-                        help="the wrist view in the frame's top-right corner (default: the sim's wrist_inset)")
+                        help="the wrist view in the frame's top-right corner (default: config/sim_arm.yaml's "
+                             "wrist_inset, what `magma-ros evaluate` runs)")
     parser.add_argument("--gripper-hold", type=int, default=0,
                         help="the policy's gripper dwell time in steps (gripper_min_hold_steps)")
     parser.add_argument("--out", type=Path, help="write <task>_<seed>.csv per episode and summary.json here")
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--episodes must be at least 1")
 
     from magma_ros.backends import BackendError, create_backend
+    from magma_ros.bringup import SIM_BRINGUP, node_parameters
     from magma_ros.contract import SimArmParameters
     from magma_ros.sim import THIRD_PERSON_CAMERA, Workcell, WorkcellConfig, policy_cameras
     from magma_ros.sim.render_detail import arm_urdf_for
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     except BackendError as err:
         print(f"closed_loop_trace: {err}", file=sys.stderr)
         return 2
-    sim = SimArmParameters()   # the camera and arm look record-demos and evaluate use
+    sim = node_parameters(SIM_BRINGUP, "sim_arm_node", SimArmParameters)   # the frames evaluate's sim publishes
     camera = dataclasses.replace(THIRD_PERSON_CAMERA, width=sim.image_width, height=sim.image_height)
     episodes, all_rows = [], []
     if args.out:
