@@ -39,7 +39,7 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ["ROS_DOMAIN_ID"] = os.environ.get("MAGMA_ROS_BENCH_DOMAIN_ID", str(171 + os.getpid() % 25))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as magma-ros sets it (see magma_ros/cli/__init__.py)
 
-from magma_ros.bringup import apply_local_dds_profile  # noqa: E402
+from magma_ros.bringup import apply_local_dds_profile, node_parameters  # noqa: E402
 
 apply_local_dds_profile()
 
@@ -61,11 +61,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _node_values(bringup, executable: str) -> dict:  # type: ignore[no-untyped-def]
-    """The parameter values a bringup gives one node (files, then overrides)."""
-    return next(n for n in bringup.nodes if n.executable == executable).parameter_values()
-
-
 def ros_free_loop(bringup, steps: int, repeats: int = 3) -> float:  # type: ignore[no-untyped-def]
     """Steps per second of render -> model -> twist -> one control period, no ROS at all (median of
     ``repeats`` episodes)."""
@@ -79,10 +74,8 @@ def ros_free_loop(bringup, steps: int, repeats: int = 3) -> float:  # type: igno
     from magma_ros.sim.render_detail import arm_urdf_for
     from magma_ros.sim.session import EpisodeSession, choose_task
 
-    sim = SimArmParameters(**{k: v for k, v in _node_values(bringup, "sim_arm_node").items()
-                              if k in {f.name for f in dataclasses.fields(SimArmParameters)}})
-    policy = PolicyNodeParameters(**{k: v for k, v in _node_values(bringup, "magma_policy_node").items()
-                                     if k in {f.name for f in dataclasses.fields(PolicyNodeParameters)}})
+    sim = node_parameters(bringup, "sim_arm_node", SimArmParameters)
+    policy = node_parameters(bringup, "magma_policy_node", PolicyNodeParameters)
     camera = dataclasses.replace(THIRD_PERSON_CAMERA, width=sim.image_width, height=sim.image_height)
     backend = create_backend(policy.backend, checkpoint=policy.checkpoint, dtype=policy.dtype, device=policy.device,
                              statistics=policy.statistics, temperature=policy.sampling_temperature,

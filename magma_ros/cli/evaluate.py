@@ -148,7 +148,7 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
     import rclpy
     from rclpy.logging import LoggingSeverity
 
-    from magma_ros.bringup import BringupError, load_bringup
+    from magma_ros.bringup import BringupError, load_bringup, node_parameters
     from magma_ros.contract import PolicyNodeParameters, SimArmParameters
     from magma_ros.evaluation import EpisodeOutcome, plot_summary, summary_document, write_json
     from magma_ros.ros.bringup_runner import create_nodes, start_processes, stop_processes
@@ -245,11 +245,9 @@ def evaluate(settings: EvaluationSettings, say: Callable[[str], None] = print) -
     wall_s = time.monotonic() - started
     model_id = frames.model_id or settings.checkpoint or "(embedded default)"
     ran_with = {"camera_hz": settings.realtime_camera_hz} if settings.realtime_camera_hz > 0 else {}
-    sim_values = next(n for n in bringup.nodes if n.executable == "sim_arm_node").parameter_values()
-    ran_with["wrist_inset"] = bool(sim_values.get("wrist_inset", SimArmParameters().wrist_inset))
-    policy_values = next(n for n in bringup.nodes if n.executable == "magma_policy_node").parameter_values()
-    ran_with["gripper_min_hold_steps"] = int(policy_values.get("gripper_min_hold_steps",
-                                                               PolicyNodeParameters().gripper_min_hold_steps))
+    ran_with["wrist_inset"] = bool(node_parameters(bringup, "sim_arm_node", SimArmParameters).wrist_inset)
+    ran_with["gripper_min_hold_steps"] = int(
+        node_parameters(bringup, "magma_policy_node", PolicyNodeParameters).gripper_min_hold_steps)
     document = summary_document(outcomes, checkpoint=settings.checkpoint or "(embedded default)", model_id=model_id,
                                 bringup=str(bringup.source),
                                 mode="realtime" if settings.realtime_camera_hz > 0 else "synchronous",
