@@ -126,6 +126,8 @@ def test_an_untrained_model_answers_nothing_and_standing_still_is_scored(tmp_pat
     for key in ("mean", "median", "p90", "max"):
         assert np.isfinite(still[key]) and still[key] > 0, still
     assert summary["standing_still"]["endpoint_error_grid_on_traced_marks"]["median"] is None
+    # over every moved mark, an untraced one counts as "nothing moves": nothing answered = standing still
+    assert summary["endpoint_error_grid_all_marks"] == still
 
 
 def test_a_model_fitted_to_the_label_answers_it_and_beats_standing_still(tmp_path: Path,
@@ -144,6 +146,7 @@ def test_a_model_fitted_to_the_label_answers_it_and_beats_standing_still(tmp_pat
     assert summary["answers_parsed"] == 1.0 and summary["marks_traced"] == 1.0, summary
     still = summary["standing_still"]["endpoint_error_grid_on_traced_marks"]
     assert summary["endpoint_error_grid"]["max"] < still["median"]
+    assert summary["endpoint_error_grid_all_marks"] == summary["endpoint_error_grid"]   # every mark traced
 
     # the recipe script end to end on the same episode: one window, the one the model learnt
     out = tmp_path / "run"
@@ -154,5 +157,6 @@ def test_a_model_fitted_to_the_label_answers_it_and_beats_standing_still(tmp_pat
     assert written["samples"] == 1 and written["answers_parsed"] == 1.0
     assert written["endpoint_error_grid"] == summary["endpoint_error_grid"]
     assert written["standing_still"] == summary["standing_still"]
+    assert written["endpoint_error_grid_all_marks"] == summary["endpoint_error_grid_all_marks"]
     figure = cv2.imread(str(out / "traces.png"))
     assert figure is not None and figure.shape[1] == 2 * 2 * DATASET_FRAME_SIZE

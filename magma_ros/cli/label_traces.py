@@ -39,6 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mark-radius", type=float, default=20.0,
                         help="--marks grid: a mark moves with the tracked points within this distance (px at "
                              "256x256, default 20); 0 tracks the mark's own point")
+    parser.add_argument("--ignore-region", action="append", default=[], metavar="X0,Y0,X1,Y1|wrist-inset",
+                        help="a box of the frame (fractions) that is not the scene's own motion, e.g. a second "
+                             "camera's view pasted in; no mark inside it is ever answered. wrist-inset = the sim's "
+                             "wrist inset (magma_ros.sim.config.INSET_REGION). Repeatable")
     parser.add_argument("--seed", type=int, default=0, help="seed of cluster counts, k-means and mark ids")
     parser.add_argument("--preview", type=int, default=0, metavar="N",
                         help="write the first N labelled windows as PNGs (marks + traces) to DIR/traces/preview/")
@@ -50,6 +54,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _fail(message: str, code: int = 2) -> int:
     print(f"magma-ros dataset label-traces: {message}", file=sys.stderr, flush=True)
     return code
+
+
+def parse_region(text: str) -> tuple[float, float, float, float]:
+    """``X0,Y0,X1,Y1`` (fractions of the frame) or ``wrist-inset`` (the sim's inset box); ValueError otherwise."""
+    if text.strip().lower() in ("wrist-inset", "wrist_inset"):
+        from magma_ros.sim.config import INSET_REGION
+
+        return INSET_REGION
+    values = tuple(float(v) for v in text.split(","))
+    if len(values) != 4:
+        raise ValueError(f"expected 4 numbers, got {len(values)}")
+    return values  # type: ignore[return-value]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,10 +80,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         return _fail(f"--mark-grid expects ROWSxCOLS (e.g. 3x4), got {args.mark_grid!r}")
     try:
+        regions = tuple(parse_region(text) for text in args.ignore_region)
+    except ValueError as err:
+        return _fail(f"--ignore-region expects X0,Y0,X1,Y1 (fractions of the frame) or wrist-inset: {err}")
+    try:
         config = TraceLabelConfig(
             grid_size=args.grid, window=args.window, stride=args.stride, min_window=min(4, args.window),
             foreground_step=args.foreground_step, trace_tokens=args.trace_tokens, seed=args.seed,
             marks=args.marks, mark_grid=(rows, cols), mark_radius=args.mark_radius,
+            ignore_regions=regions,
             tracker=TrackerConfig(name=args.tracker, weights=args.tracker_weights, device=args.device))
         summary = label_dataset(args.dataset, config, preview=args.preview, overwrite=args.overwrite,
                                 progress=not args.no_progress, report=lambda line: _fail(line, 1))

@@ -262,7 +262,9 @@ def evaluate_traces_against_sim(backend: PolicyBackend, samples: Sequence[TraceS
     and compare its endpoint errors with the answer "nothing moves".
 
     Returns the evaluation's summary (``answers_parsed``, ``marks_traced``, ``endpoint_error_grid``
-    {mean, median, p90, max}...) plus ``standing_still``: the "nothing moves" endpoint errors over
+    {mean, median, p90, max} over the marks the backend traced...), ``endpoint_error_grid_all_marks``
+    (every labelled mark, one the backend did not trace scored as "nothing moves", so leaving
+    hard marks out cannot lower it) plus ``standing_still``: the "nothing moves" endpoint errors over
     every labelled mark (``endpoint_error_grid``) and over the marks the backend traced
     (``endpoint_error_grid_on_traced_marks``, the fair comparison). A backend without a
     Trace-of-Mark question (no ``answer_traces``: the compiled backends) gets only the baseline
@@ -270,12 +272,21 @@ def evaluate_traces_against_sim(backend: PolicyBackend, samples: Sequence[TraceS
     """
     still_all: list[float] = []
     still_traced: list[float] = []
+    every_mark: list[float] = []
     for sample in samples:
         still_all.extend(standing_still_errors(sample).values())
 
     def collect(sample: TraceSample, output: PolicyOutput) -> None:
-        traced = {int(mark_id) for mark_id, trace in output.traces if len(trace)}
-        still_traced.extend(e for mark_id, e in standing_still_errors(sample).items() if mark_id in traced)
+        answered = {int(mark_id): trace for mark_id, trace in output.traces if len(trace)}
+        still = standing_still_errors(sample)
+        still_traced.extend(e for mark_id, e in still.items() if mark_id in answered)
+        for mark_id, points in sample.traces.items():
+            labelled = np.asarray(points, np.float64).reshape(-1, 2)
+            if int(mark_id) in answered and len(labelled):
+                end = np.asarray(answered[int(mark_id)].grid[-1], np.float64)
+                every_mark.append(float(np.hypot(*(end - labelled[-1]))))
+            elif int(mark_id) in still:
+                every_mark.append(still[int(mark_id)])
         if on_answer is not None:
             on_answer(sample, output)
 
@@ -286,6 +297,8 @@ def evaluate_traces_against_sim(backend: PolicyBackend, samples: Sequence[TraceS
                    "note": f"backend {type(backend).__name__} cannot be asked a Trace-of-Mark question "
                            "(no answer_traces); only the standing-still baseline is scored"}
     summary.setdefault("labelled_marks", sum(len(s.traces) for s in samples))
+    if hasattr(backend, "answer_traces"):
+        summary["endpoint_error_grid_all_marks"] = error_distribution(every_mark)
     summary["standing_still"] = {"endpoint_error_grid": error_distribution(still_all),
                                  "endpoint_error_grid_on_traced_marks": error_distribution(still_traced)}
     summary["unit"] = "cells of Magma's 256 x 256 grid = pixels of the frame scaled to 256 x 256"

@@ -149,6 +149,11 @@ class TraceLabelConfig:
             them move (median of their motion); a tracker loses the mark's own point on an
             untextured surface such as a robot link, the edges around it it keeps. 0: track
             the mark's own point (exact tracks, e.g. the simulator's).
+        ignore_regions: boxes ``(x0, y0, x1, y1)``, fractions of the frame, whose content is not
+            the scene's own motion (e.g. the sim's wrist inset, :data:`magma_ros.sim.config.INSET_REGION`,
+            a second camera pasted into the frame): no tracked point inside one is a mark's or
+            counts towards one, so no mark there is ever in an answer; ``"grid"`` marks inside one
+            are still drawn (the policy node draws them) and so are labelled as not moving.
         seed: seeds every random choice (cluster counts, k-means, mark ids) per window.
         tracker: which point tracker.
     """
@@ -168,6 +173,7 @@ class TraceLabelConfig:
     marks: str = "kmeans"
     mark_grid: tuple[int, int] = (3, 4)
     mark_radius: float = 20.0
+    ignore_regions: tuple[tuple[float, float, float, float], ...] = ()
     seed: int = 0
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
 
@@ -197,6 +203,17 @@ class TraceLabelConfig:
         object.__setattr__(self, "mark_grid", grid)
         if not (isinstance(self.mark_radius, (int, float)) and 0.0 <= self.mark_radius < GRID_SIZE):
             raise TraceLabelError(f"mark_radius must be in [0, {GRID_SIZE}), got {self.mark_radius!r}")
+        regions = []
+        for box in self.ignore_regions:
+            try:
+                x0, y0, x1, y1 = (float(v) for v in box)
+            except (TypeError, ValueError):
+                raise TraceLabelError(f"ignore_regions entries must be (x0, y0, x1, y1), got {box!r}") from None
+            if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+                raise TraceLabelError(f"ignore region {box!r} must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 "
+                                      "(fractions of the frame)")
+            regions.append((x0, y0, x1, y1))
+        object.__setattr__(self, "ignore_regions", tuple(regions))
         if self.moving_clusters[1] < 1:
             raise TraceLabelError("moving_clusters must allow at least one moving mark")
         if not isinstance(self.tracker, TrackerConfig):
@@ -301,6 +318,16 @@ class WindowLabel:
     sources: dict[int, int]
 
 
+def in_ignored_region(points: NDArray[np.float64], size: ImageSize, config: TraceLabelConfig) -> NDArray[np.bool_]:
+    """(N,) whether each pixel point (N, 2) of a ``size`` frame lies in one of ``config.ignore_regions``."""
+    fractions = np.asarray(points, np.float64).reshape(-1, 2) / np.array([size.width, size.height])
+    inside = np.zeros(len(fractions), dtype=bool)
+    for x0, y0, x1, y1 in config.ignore_regions:
+        inside |= ((fractions[:, 0] >= x0) & (fractions[:, 0] <= x1)
+                   & (fractions[:, 1] >= y0) & (fractions[:, 1] <= y1))
+    return inside
+
+
 def grid_marks(size: ImageSize, config: TraceLabelConfig) -> tuple[Mark, ...]:
     """The ``"grid"`` layout's marks on a frame of ``size``: the policy node's trace-query marks."""
     return place_marks_on_grid(size, *config.mark_grid, shuffle_ids=False)
@@ -319,13 +346,17 @@ def _label_grid_marks(frames: NDArray[np.uint8], instruction: str, tracks: Point
     """The ``"grid"`` layout: every grid mark is drawn; the marks whose own point moves are the answer."""
     marks = grid_marks(size, config)
     scale = np.array([GRID_SIZE / size.width, GRID_SIZE / size.height])
-    visible_enough = tracks.visible_fraction() > config.visible_fraction
+    visible_enough = (tracks.visible_fraction() > config.visible_fraction) & ~in_ignored_region(
+        tracks.points[0], size, config)
     steps = mean_steps(tracks.points * scale, tracks.visible)
     queries = tracks.points[0] * scale
     current: dict[int, tuple[int, int]] = {}
     future: dict[int, list[tuple[int, int]]] = {}
     pixel_traces: dict[int, NDArray[np.float64]] = {}
+    ignored = in_ignored_region(np.array([[m.u, m.v] for m in marks], np.float64), size, config)
     for index, mark in enumerate(marks):
+        if ignored[index]:
+            continue
         if config.mark_radius == 0:   # the mark's own point
             shown = np.flatnonzero(tracks.visible[:, index])
             last = int(shown[-1]) if shown.size else 0
@@ -395,7 +426,7 @@ def label_window(frames: NDArray[np.uint8], instruction: str, tracker: PointTrac
         tracks = tracker.track(frames, queries)
     if config.marks == "grid":
         return _label_grid_marks(frames, instruction, tracks, size, config, episode_id, step)
-    keep = tracks.visible_fraction() > config.visible_fraction
+    keep = (tracks.visible_fraction() > config.visible_fraction) & ~in_ignored_region(tracks.points[0], size, config)
     if np.count_nonzero(keep) < 2:
         return "fewer than 2 points visible in most frames"
     points, visible = tracks.points[:, keep], tracks.visible[:, keep]

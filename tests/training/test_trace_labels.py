@@ -298,6 +298,59 @@ def test_grid_marks_move_with_the_tracked_points_around_them():
             TraceLabelConfig(**bad)
 
 
+def test_ignored_regions_never_give_a_mark_in_the_answer():
+    """``ignore_regions`` (e.g. the sim's wrist inset, another camera's motion pasted into the frame):
+    a grid mark inside one stays drawn but never moves in the answer, tracked points inside one do not
+    count towards a mark beside it (with ``mark_radius``), and k-means marks are never placed there."""
+    inset = (0.65, 0.0, 1.0, 0.35)
+    size = ImageSize(256, 256)
+    frames = np.stack([texture(seed=11)] * 9)
+    steps = np.arange(9)[:, None, None]
+    for radius in (0.0, 20.0):
+        plain = TraceLabelConfig(window=9, marks="grid", mark_radius=radius)
+        ignoring = TraceLabelConfig(window=9, marks="grid", mark_radius=radius, ignore_regions=(inset,))
+        queries = window_queries(size, plain)
+        marks = grid_marks(size, plain)
+        inside = [m.id for m in marks if m.u >= 0.65 * 256 and m.v <= 0.35 * 256]
+        assert inside == [4]
+        points = np.repeat(queries[None], 9, axis=0)
+        in_box = (queries[:, 0] >= 0.65 * 256) & (queries[:, 1] <= 0.35 * 256)
+        points[:, in_box] += steps * np.array([2.0, 3.0])        # the inset's own view moves
+        points[:, ~in_box & (queries[:, 1] > 170)] += steps * np.array([-3.0, 0.0])   # and the bottom row
+        tracks = PointTracks(points, np.ones(points.shape[:2], bool))
+        before = label_window(frames, "reach the cube", None, plain, tracks=tracks)
+        after = label_window(frames, "reach the cube", None, ignoring, tracks=tracks)
+        assert isinstance(before, WindowLabel) and isinstance(after, WindowLabel)
+        assert 4 in before.moving_ids and 4 not in after.moving_ids
+        assert set(after.moving_ids) == set(before.moving_ids) - {4, 3} and {9, 10, 11, 12} <= set(after.moving_ids)
+        assert after.marks == before.marks   # still drawn: the policy node draws every grid mark
+        np.testing.assert_array_equal(after.sample.image, before.sample.image)
+        only_inset = PointTracks(np.where(in_box[None, :, None], points, queries[None]), tracks.visible)
+        assert label_window(frames, "reach the cube", None, ignoring, tracks=only_inset) == "nothing moves"
+    kmeans = TraceLabelConfig(window=9, ignore_regions=(inset,))
+    queries = grid_queries(size, 15)
+    in_box = (queries[:, 0] >= 0.65 * 256) & (queries[:, 1] <= 0.35 * 256)
+    moving = in_box | (queries[:, 1] > 200)
+    points = np.repeat(queries[None], 9, axis=0) + np.where(moving[None, :, None], steps * np.array([2.0, 1.0]), 0)
+    label = label_window(frames, "reach the cube", None, kmeans, episode_id="k", step=0,
+                         tracks=PointTracks(points, np.ones(points.shape[:2], bool)))
+    assert isinstance(label, WindowLabel)
+    assert not any(in_box[label.sources[m.id]] for m in label.marks)
+    for bad in ((0.5, 0.0, 0.4, 1.0), (0.0, 0.0, 1.5, 1.0), (0.1, 0.2), ("a", 0, 1, 1)):
+        with pytest.raises(TraceLabelError, match="ignore"):
+            TraceLabelConfig(ignore_regions=(bad,))
+    assert TraceLabelConfig(ignore_regions=[[0.65, 0, 1, 0.35]]).ignore_regions == (inset,)
+    # the command line's spelling: fractions, or the sim's inset by name
+    from magma_ros.cli.label_traces import parse_region
+    from magma_ros.sim.config import INSET_REGION
+
+    assert parse_region("wrist-inset") == INSET_REGION == inset
+    assert parse_region("0.1,0.2,0.3,0.4") == (0.1, 0.2, 0.3, 0.4)
+    for bad in ("0.1,0.2,0.3", "a,b,c,d", ""):
+        with pytest.raises(ValueError):
+            parse_region(bad)
+
+
 def test_kmeans_picks_one_member_per_cluster():
     rng = np.random.default_rng(1)
     centres = np.array([[0.0, 0.0], [50.0, 0.0], [0.0, 50.0]])

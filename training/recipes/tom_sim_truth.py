@@ -113,7 +113,8 @@ def summary_line(summary: dict[str, Any], episodes: int) -> str:
     traced = summary.get("marks_traced")
     model = (f"answers parsed {parsed:.0%}, marks traced {traced:.0%}; model endpoint error "
              f"{_fmt(summary['endpoint_error_grid'])} px vs standing still on those marks "
-             f"{_fmt(still['endpoint_error_grid_on_traced_marks'])} px"
+             f"{_fmt(still['endpoint_error_grid_on_traced_marks'])} px; over all moved marks (untraced = "
+             f"standing still) {_fmt(summary['endpoint_error_grid_all_marks'])} px"
              if parsed is not None and traced is not None else summary.get("note", "not asked"))
     return (f"ToM vs simulator truth: {summary['samples']} window(s), {summary['labelled_marks']} moved mark(s) from "
             f"{episodes} episode(s); {model}; standing still on all marks {_fmt(still['endpoint_error_grid'])} px "
