@@ -181,3 +181,35 @@ def test_evaluate_realtime_option() -> None:
     assert cli.EvaluationSettings(realtime_camera_hz=30.0).realtime_camera_hz == 30.0
     with pytest.raises(ValueError, match="--realtime"):
         cli.EvaluationSettings(realtime_camera_hz=-1.0)
+
+
+def test_ship_default_describes_the_trace_stage_and_both_trace_of_mark_medians(recipe_run: Path,
+                                                                              tmp_path: Path) -> None:
+    import shutil
+
+    ship = runpy.run_path(str(RECIPES / "ship_default.py"))["main"]
+    shutil.copytree(recipe_run / "run", recipe_run / "trace", dirs_exist_ok=True)
+    (recipe_run / "dagger" / "data6").mkdir(parents=True)
+    (recipe_run / "dagger" / "data6" / "dataset.json").write_text(
+        json.dumps({"episodes": [{"id": "e0", "steps": 20}, {"id": "e1", "steps": 22}, {"id": "e2", "steps": 9}]}))
+    (recipe_run / "tom_sim_truth").mkdir(exist_ok=True)
+    (recipe_run / "tom_sim_truth" / "summary.json").write_text(json.dumps({
+        "samples": 81, "answers_parsed": 1.0, "marks_traced": 0.87, "tasks": ["reach", "pick"], "seeds": [6000, 6009],
+        "endpoint_error_grid": {"median": 10.3, "mean": 23.9, "p90": 64.0},
+        "endpoint_error_grid_all_marks": {"median": 15.5, "mean": 27.0, "p90": 66.0},
+        "standing_still": {"endpoint_error_grid": {"median": 32.8}, "endpoint_error_grid_on_traced_marks":
+                           {"median": 28.1}}}))
+    try:
+        dest = tmp_path / "shipped"
+        assert ship([str(recipe_run), "--run", "trace", "--dest", str(dest)]) == 0
+    finally:
+        shutil.rmtree(recipe_run / "tom_sim_truth")
+    card = (dest / "README.md").read_text()
+    assert "--marks grid --ignore-region wrist-inset`" in card and "stage trace" in card
+    assert "default_model_trace1..4.yaml" in card and "DAgger round 3" in card
+    assert "3 episodes, 51 steps" in card
+    assert "median 10.3 px" in card and "one not traced scored as \"nothing moves\": median 15.5 px" in card
+    assert "(\"nothing moves\" for all: 32.8 px)" in card
+    tom = json.loads((dest / "evaluation.json").read_text())["trace_of_mark"]
+    assert tom["against"] == "simulator ground truth" and tom["endpoint_error_median_px"] == 10.3
+    assert tom["endpoint_error_median_all_marks_px"] == 15.5 and tom["standing_still_median_all_marks_px"] == 32.8

@@ -20,9 +20,12 @@
 #   expert labels the states it reaches, training/recipes/dagger.py; OUT/dagger) -> act_dagger1 (from act2,
 #   the tower training too) -> dagger2 (act_dagger1 drives) -> act_dagger2 -> dagger3 (act_dagger2 drives; the
 #   misjudged picks + this round only) -> act_dagger3 (pick 36/50 through ROS). MODEL_STAGE=act_dagger3.
-#   Attempt 15, shipped: mix (act_dagger3 trained on with region's reach recordings and Trace-of-Mark batches
+#   Attempt 15: mix (act_dagger3 trained on with region's reach recordings and Trace-of-Mark batches
 #   back in the data: OUT/dagger/data4) -> final (mix's data with the reach episodes three times over:
-#   OUT/dagger/data5). The default STAGES run all of it; MODEL_STAGE=final evaluates and ships it.
+#   OUT/dagger/data5; MODEL_STAGE=final evaluates and ships it).
+#   Attempt 16, shipped: trace (final's data relabelled with no mark under the wrist inset answered,
+#   OUT/dagger/data6; four Trace-of-Mark-heavier runs from final). The default STAGES run all of it;
+#   MODEL_STAGE=trace evaluates and ships it.
 #
 #   training/recipes/default_model.sh [OUT]          # OUT defaults to runs/default_model
 #   STAGES="record build label train" training/recipes/default_model.sh /tmp/repro   # a subset
@@ -47,8 +50,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-runs/default_model}
 STAGES=${STAGES:-"record build label vision train polish tom1 tom2 tom3 vision2 act2 record_region dagger1 act_dagger1 \
-dagger2 act_dagger2 dagger3 act_dagger3 mix final heldout evaluate realtime ship"}
-MODEL_STAGE=${MODEL_STAGE:-final}   # the stage whose model is evaluated and shipped (attempt 7 shipped act2)
+dagger2 act_dagger2 dagger3 act_dagger3 mix final trace heldout evaluate realtime ship"}
+MODEL_STAGE=${MODEL_STAGE:-trace}   # the stage whose model is evaluated and shipped (attempt 15 shipped final)
 MAGMA=${MAGMA:-.venv/bin/magma-ros}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 PYTHONHASHSEED=0
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$((100 + RANDOM % 100))}
@@ -272,6 +275,21 @@ if has final; then   # attempt 15, shipped: mix's data with the reach episodes t
   $MAGMA train --checkpoint "$OUT/mix/model" --data "$D5" --out "$OUT/final" \
     --config training/recipes/default_model_final2.yaml --parallel none --device cpu --no-progress
 fi
+if has trace; then   # attempt 16, shipped: final's data relabelled with the wrist inset ignored, ToM-heavier runs
+  stamp "trace: final's data relabelled (--ignore-region wrist-inset), 4 runs from final (default_model_trace1..4.yaml)" trace
+  D5="$OUT/dagger/data5"; D6="$OUT/dagger/data6"
+  # the same episodes (hard links: nothing writes them), their own Trace-of-Mark labels
+  [ -d "$D6" ] || { rm -rf "$D6.tmp" && cp -al "$D5" "$D6.tmp" && rm -rf "$D6.tmp/traces" && mv "$D6.tmp" "$D6"; }
+  $MAGMA dataset label-traces "$D6" --window 9 --stride 8 --seed 0 --marks grid --ignore-region wrist-inset \
+    --no-progress
+  from="$OUT/final/model"
+  for i in 1 2 3 4; do
+    run="$OUT/trace_$i"; [ "$i" = 4 ] && run="$OUT/trace"
+    [ -f "$run/model/model.safetensors" ] || $MAGMA train --checkpoint "$from" --data "$D6" --out "$run" \
+      --config "training/recipes/default_model_trace$i.yaml" --parallel none --device cpu --no-progress
+    from="$run/model"
+  done
+fi
 if has act_inset; then
   stamp "act_inset: train on from vision_inset with training/recipes/default_model_inset.yaml" act_inset
   $MAGMA train --checkpoint "$OUT/vision_inset" --data "$OUT/inset/data" --out "$OUT/act_inset" \
@@ -279,7 +297,7 @@ if has act_inset; then
 fi
 MODEL="$OUT/$MODEL_STAGE/model"   # what the later stages evaluate and ship
 VIEW=--no-wrist-inset; HELD="$OUT/heldout"   # the image the model was trained on, and held-out recordings of it
-case "$MODEL_STAGE" in act_inset|act_region|act_dagger*|mix|final) VIEW=--wrist-inset; HELD="$OUT/heldout_inset" ;; esac
+case "$MODEL_STAGE" in act_inset|act_region|act_dagger*|mix|final|trace) VIEW=--wrist-inset; HELD="$OUT/heldout_inset" ;; esac
 if has heldout; then
   # held-out recordings (seeds never trained on) for the offline action and Trace-of-Mark errors
   stamp "held-out recordings + evaluate-offline" heldout

@@ -41,14 +41,20 @@ DATA = {
               "- The last stage's dataset (below) holds the 300 reach episodes three times (ids `reach_*`, "
               "`reach2_*`, `reach3_*`), so that reach is about a third of the action examples."],
 }
+DATA["trace"] = DATA["final"]
 DESCRIPTION = {
     "act2": "magma-tiny-sim256 (1.2 M parameters) trained on scripted-expert demonstrations of this simulated "
             "workcell (training/recipes/default_model.sh)",
     "final": "magma-tiny-sim256 (1.2 M parameters) trained on scripted-expert demonstrations and DAgger rounds in "
              "this simulated workcell, on frames with the wrist camera's view in the corner (sim wrist_inset: true; "
              "training/recipes/default_model.sh, stage final)",
+    "trace": "magma-tiny-sim256 (1.2 M parameters) trained on scripted-expert demonstrations and DAgger rounds in "
+             "this simulated workcell, on frames with the wrist camera's view in the corner (sim wrist_inset: true), "
+             "then on Trace-of-Mark answers with no mark under that view (training/recipes/default_model.sh, stage "
+             "trace)",
 }
-DATASET_DIR = {"final": "dagger/data5"}   # the dataset a run trained on, under RUN_OUT (default: data)
+# the dataset a run trained on, under RUN_OUT (default: data)
+DATASET_DIR = {"final": "dagger/data5", "trace": "dagger/data6"}
 TRAINING_BASE = [
     "Stages on CPU, one thread each (OMP_NUM_THREADS=1), seed 0. First `training/recipes/"
     "pretrain_vision.py --variant magma-tiny-sim256 --global-weight 8 --steps 3000`: the vision tower and "
@@ -73,6 +79,14 @@ TRAINING = {
         "the reach episodes three times over in the data.",
         "",
     ],
+}
+TRAINING["trace"] = [*TRAINING["final"][:-1], (
+    "Last, `trace`: final's dataset relabelled with `--ignore-region wrist-inset` (no mark under the wrist "
+    "view is ever answered: the tracker follows that view's own motion there, which the scene's marks do not "
+    "make), and four runs from final (`default_model_trace1..4.yaml`): 1500, 2500 and 4000 steps with 80% "
+    "Trace-of-Mark batches at lr 2e-4, then 800 steps with 65% at lr 1e-4."), ""]
+LABELS = {   # the label-traces options of a run's dataset, beyond the defaults the card lists
+    "trace": " --ignore-region wrist-inset",
 }
 
 
@@ -154,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             "answers_parsed": truth.get("answers_parsed"), "marks_traced": truth.get("marks_traced"),
             "endpoint_error_median_px": (truth.get("endpoint_error_grid") or {}).get("median"),
             "standing_still_median_px": ((truth.get("standing_still") or {}).get("endpoint_error_grid_on_traced_marks")
-                                         or {}).get("median")}
+                                         or {}).get("median"),
+            "endpoint_error_median_all_marks_px": (truth.get("endpoint_error_grid_all_marks") or {}).get("median"),
+            "standing_still_median_all_marks_px": ((truth.get("standing_still") or {}).get("endpoint_error_grid")
+                                                   or {}).get("median")}
     elif traces:
         grid = traces.get("endpoint_error_grid") or {}
         evaluation["trace_of_mark"] = {"against": "point-tracker labels",
@@ -180,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         *DATA.get(args.run, DATA["act2"]),
         f"- Built with `magma-ros dataset build --spec config/datasets/sim_panda.yaml`: {len(episodes)} episodes, "
         f"{steps} steps at 10 Hz, 256x256 frames; `dataset_statistics.json` under the name `sim_panda`.",
-        "- Trace-of-Mark labels: `magma-ros dataset label-traces --window 9 --stride 8 --seed 0 --marks grid` "
+        "- Trace-of-Mark labels: `magma-ros dataset label-traces --window 9 --stride 8 --seed 0 --marks grid"
+        f"{LABELS.get(args.run, '')}` "
         "(the policy node's 3x4 grid of marks, ids in reading order; a mark moves with the OpenCV Lucas-Kanade "
         "tracks of the 15x15 grid within 20 px of it; 8 future steps = the policy node's `trace_steps`).",
         "",
@@ -229,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
                  f"- endpoint error at 256x256: median {grid.get('median') or float('nan'):.1f} px, mean "
                  f"{grid.get('mean') or float('nan'):.1f} px, p90 {grid.get('p90') or float('nan'):.1f} px; the "
                  f"answer \"nothing moves\" on the same marks: median {still.get('median') or float('nan'):.1f} px",
+                 *([f"- over every moving mark, one not traced scored as \"nothing moves\": median "
+                    f"{every['median']:.1f} px (\"nothing moves\" for all: "
+                    f"{((truth.get('standing_still') or {}).get('endpoint_error_grid') or {}).get('median') or 0:.1f}"
+                    " px)"] if (every := truth.get("endpoint_error_grid_all_marks") or {}).get("median") is not None
+                   else []),
                  "", "![predicted (red) and true (green) traces](traces.png)", ""]
     if traces:
         grid = traces.get("endpoint_error_grid") or {}
