@@ -84,8 +84,12 @@ def draw_window(window: TruthWindow, output: PolicyOutput | None) -> np.ndarray:
 
 def write_figure(path: Path, windows: list[TruthWindow], outputs: dict[int, PolicyOutput], count: int = 6,
                  columns: int = 2) -> Path:
-    """A grid of ``count`` windows spread over the run (``outputs``: by index into ``windows``)."""
-    picks = sorted({int(i) for i in np.linspace(0, len(windows) - 1, min(count, len(windows)))}) if windows else []
+    """A grid of ``count`` windows spread over the windows' steps in their episodes, first windows to
+    last (so an episode's start, its middle and its end all show), ``outputs``: by index into ``windows``."""
+    by_step = sorted(range(len(windows)), key=lambda i: (windows[i].sample.step, i))
+    picks = ([by_step[int(j)] for j in sorted({int(j) for j in np.linspace(0, len(windows) - 1,
+                                                                            min(count, len(windows)))})]
+             if windows else [])
     panels = [draw_window(windows[i], outputs.get(i)) for i in picks]
     if not panels:
         panels = [np.full((64, 320, 3), 255, np.uint8)]
