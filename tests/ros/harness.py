@@ -120,10 +120,14 @@ class Process:
         return self.proc.poll() is None
 
     def output(self) -> str:
-        self._log.flush()
+        """Everything the process wrote so far (also after :meth:`stop`, for an assertion's message)."""
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
-    def stop(self, timeout: float = 5.0) -> int:
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGINT to its process group, SIGKILL after ``timeout`` s; its exit code. What happened is
+        appended to the log, so a failed ``assert proc.stop() == 0, proc.output()`` says why."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGINT)
             try:
@@ -131,7 +135,10 @@ class Process:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
-        self._log.close()
+                self._log.write(f"[harness] still running {timeout:g} s after SIGINT: killed (SIGKILL)\n")
+        if not self._log.closed:
+            self._log.write(f"[harness] exit code {self.proc.returncode}\n")
+            self._log.close()
         return self.proc.returncode
 
 
