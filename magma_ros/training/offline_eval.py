@@ -63,6 +63,7 @@ __all__ = [
     "plot_episode",
     "run_offline_evaluation",
     "trace_endpoint_errors",
+    "trace_endpoint_errors_by_mark",
 ]
 
 SUMMARY_FILE = "summary.json"
@@ -145,20 +146,24 @@ def action_metrics(predicted: np.ndarray, recorded: np.ndarray, valid: np.ndarra
             "token_accuracy": tokens}
 
 
-def trace_endpoint_errors(label: TraceSample, output: PolicyOutput) -> tuple[list[float], int]:
-    """Endpoint distances (grid units) of the labelled marks the answer traced, and how many
-    labelled marks it did not trace. The label's traces and the answer are on Magma's 256 grid."""
+def trace_endpoint_errors_by_mark(label: TraceSample, output: PolicyOutput) -> dict[int, float]:
+    """{mark id: endpoint distance (grid units)} for the labelled marks the answer traced, in the
+    label's order. The label's traces and the answer are on Magma's 256 grid."""
     predicted = {int(mark_id): trace for mark_id, trace in output.traces}
-    errors: list[float] = []
-    missing = 0
+    errors: dict[int, float] = {}
     for mark_id, points in label.traces.items():
         trace = predicted.get(int(mark_id))
         labelled = np.asarray(points, np.float64).reshape(-1, 2)
-        if trace is None or len(trace) == 0 or len(labelled) == 0:
-            missing += 1
-            continue
-        errors.append(float(np.hypot(*(np.asarray(trace.grid[-1], np.float64) - labelled[-1]))))
-    return errors, missing
+        if trace is not None and len(trace) and len(labelled):
+            errors[int(mark_id)] = float(np.hypot(*(np.asarray(trace.grid[-1], np.float64) - labelled[-1])))
+    return errors
+
+
+def trace_endpoint_errors(label: TraceSample, output: PolicyOutput) -> tuple[list[float], int]:
+    """Endpoint distances (grid units) of the labelled marks the answer traced
+    (:func:`trace_endpoint_errors_by_mark`), and how many labelled marks it did not trace."""
+    errors = trace_endpoint_errors_by_mark(label, output)
+    return list(errors.values()), len(label.traces) - len(errors)
 
 
 def error_distribution(values: Sequence[float]) -> dict[str, float | None]:

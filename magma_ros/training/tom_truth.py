@@ -44,7 +44,11 @@ from magma_ros.sim.expert import ExpertConfig
 from magma_ros.sim.point_tracks import GroundTruthTracks, SimRecording, record_expert_episode
 from magma_ros.sim.render_detail import arm_urdf_for
 from magma_ros.sim.session import choose_task
-from magma_ros.training.offline_eval import error_distribution, evaluate_trace_answers
+from magma_ros.training.offline_eval import (
+    error_distribution,
+    evaluate_trace_answers,
+    trace_endpoint_errors_by_mark,
+)
 from magma_ros.training.records import TraceSample
 from magma_ros.training.trace_labels import (
     TraceLabelConfig,
@@ -277,16 +281,11 @@ def evaluate_traces_against_sim(backend: PolicyBackend, samples: Sequence[TraceS
         still_all.extend(standing_still_errors(sample).values())
 
     def collect(sample: TraceSample, output: PolicyOutput) -> None:
-        answered = {int(mark_id): trace for mark_id, trace in output.traces if len(trace)}
+        traced = {int(mark_id) for mark_id, trace in output.traces if len(trace)}
         still = standing_still_errors(sample)
-        still_traced.extend(e for mark_id, e in still.items() if mark_id in answered)
-        for mark_id, points in sample.traces.items():
-            labelled = np.asarray(points, np.float64).reshape(-1, 2)
-            if int(mark_id) in answered and len(labelled):
-                end = np.asarray(answered[int(mark_id)].grid[-1], np.float64)
-                every_mark.append(float(np.hypot(*(end - labelled[-1]))))
-            elif int(mark_id) in still:
-                every_mark.append(still[int(mark_id)])
+        still_traced.extend(e for mark_id, e in still.items() if mark_id in traced)
+        answered = trace_endpoint_errors_by_mark(sample, output)
+        every_mark.extend(answered.get(mark_id, error) for mark_id, error in still.items())
         if on_answer is not None:
             on_answer(sample, output)
 

@@ -68,6 +68,8 @@ from magma_ros.codecs import (
     place_marks_at_points,
     place_marks_on_grid,
 )
+from magma_ros.model.config import as_regions
+from magma_ros.model.errors import ConfigError
 from magma_ros.training.progress import progress_bar
 from magma_ros.training.records import DATASET_FILE, TRACES_DIR, DatasetError, TraceSample
 from magma_ros.training.tracking import (
@@ -203,17 +205,10 @@ class TraceLabelConfig:
         object.__setattr__(self, "mark_grid", grid)
         if not (isinstance(self.mark_radius, (int, float)) and 0.0 <= self.mark_radius < GRID_SIZE):
             raise TraceLabelError(f"mark_radius must be in [0, {GRID_SIZE}), got {self.mark_radius!r}")
-        regions = []
-        for box in self.ignore_regions:
-            try:
-                x0, y0, x1, y1 = (float(v) for v in box)
-            except (TypeError, ValueError):
-                raise TraceLabelError(f"ignore_regions entries must be (x0, y0, x1, y1), got {box!r}") from None
-            if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
-                raise TraceLabelError(f"ignore region {box!r} must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 "
-                                      "(fractions of the frame)")
-            regions.append((x0, y0, x1, y1))
-        object.__setattr__(self, "ignore_regions", tuple(regions))
+        try:
+            object.__setattr__(self, "ignore_regions", as_regions(self.ignore_regions, "ignore_regions"))
+        except ConfigError as err:
+            raise TraceLabelError(str(err)) from None
         if self.moving_clusters[1] < 1:
             raise TraceLabelError("moving_clusters must allow at least one moving mark")
         if not isinstance(self.tracker, TrackerConfig):

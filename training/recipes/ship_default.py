@@ -235,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     if truth:
         grid = truth.get("endpoint_error_grid") or {}
         still = (truth.get("standing_still") or {}).get("endpoint_error_grid_on_traced_marks") or {}
+        every = truth.get("endpoint_error_grid_all_marks") or {}
+        still_every = (truth.get("standing_still") or {}).get("endpoint_error_grid") or {}
         seeds = truth.get("seeds") or ["?", "?"]
         card += ["## Trace-of-Mark", "",
                  f"`training/recipes/tom_sim_truth.py` (tasks {', '.join(truth.get('tasks', []))}, held-out seeds "
@@ -248,10 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                  f"{grid.get('mean') or float('nan'):.1f} px, p90 {grid.get('p90') or float('nan'):.1f} px; the "
                  f"answer \"nothing moves\" on the same marks: median {still.get('median') or float('nan'):.1f} px",
                  *([f"- over every moving mark, one not traced scored as \"nothing moves\": median "
-                    f"{every['median']:.1f} px (\"nothing moves\" for all: "
-                    f"{((truth.get('standing_still') or {}).get('endpoint_error_grid') or {}).get('median') or 0:.1f}"
-                    " px)"] if (every := truth.get("endpoint_error_grid_all_marks") or {}).get("median") is not None
-                   else []),
+                    f"{every['median']:.1f} px (\"nothing moves\" for all: {still_every.get('median') or 0:.1f} px)"]
+                   if every.get("median") is not None else []),
                  "", "![predicted (red) and true (green) traces](traces.png)", ""]
     if traces:
         grid = traces.get("endpoint_error_grid") or {}
